@@ -1,0 +1,1 @@
+"""Offline key-patch preprocessing: EdgeBoxes to sharded TFRecords."""
