@@ -1,0 +1,128 @@
+"""The one TFRecord feature spec, shared by `preprocessing/` (writer) and
+`keypatch_jax.input_pipeline` (reader), so the two cannot drift.
+
+One `tf.train.Example` per image:
+
+  image   bytes    PNG-encoded uint8 image of shape [S, S, 3] (S = image_size).
+  boxes   float32  [N * 4], N key-patch boxes as (x, y, w, h) in pixels of the
+                   stored S x S image, sorted by objectness (best first).
+  id      bytes    a stable identifier (source file name or TFDS key).
+  label   int64    a class label when the source has one, else -1 (used only by
+                   the linear probe, `keypatch_jax.probe`).
+
+The dataset directory also holds `dataset_info.json` (see `read_dataset_info`)
+with `image_size` and `num_patches`, which fix S and N for the reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+INFO_FILE = "dataset_info.json"
+FORMAT_NAME = "keypatch-tfrecord"
+FORMAT_VERSION = 1
+
+
+def feature_spec(num_patches: int) -> dict[str, Any]:
+  """The `tf.io.parse_example` spec for a dataset with `num_patches` boxes."""
+  import tensorflow as tf
+
+  return {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "boxes": tf.io.FixedLenFeature([num_patches * 4], tf.float32),
+    "id": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+  }
+
+
+def encode_example(image: np.ndarray, boxes: np.ndarray, example_id: str, label: int = -1) -> bytes:
+  """Serialises one example.
+
+  Args:
+    image: uint8 [S, S, 3].
+    boxes: [N, 4] (x, y, w, h) in pixels of `image`.
+    example_id: stable identifier.
+    label: class label or -1.
+
+  Returns:
+    A serialised `tf.train.Example`.
+  """
+  import tensorflow as tf
+
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+  png = tf.io.encode_png(image).numpy()
+  boxes = np.asarray(boxes, np.float32).reshape(-1)
+  feature = {
+    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+    "boxes": tf.train.Feature(float_list=tf.train.FloatList(value=boxes.tolist())),
+    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id.encode("utf-8")])),
+    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+  }
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_example(serialized, num_patches: int, image_size: int) -> dict[str, Any]:
+  """Parses one serialised example into tensors (usable inside `tf.data.map`).
+
+  Returns:
+    dict with `image` uint8 [S, S, 3], `boxes` float32 [N, 4], `id` string,
+    `label` int64 scalar.
+  """
+  import tensorflow as tf
+
+  ex = tf.io.parse_single_example(serialized, feature_spec(num_patches))
+  image = tf.io.decode_png(ex["image"], channels=3)
+  image = tf.ensure_shape(image, [image_size, image_size, 3])
+  boxes = tf.reshape(ex["boxes"], [num_patches, 4])
+  return {"image": image, "boxes": boxes, "id": ex["id"], "label": ex["label"]}
+
+
+class DatasetFormatError(ValueError):
+  """A data directory is missing or not in this project's format."""
+
+
+def read_dataset_info(data_dir: str) -> dict[str, Any]:
+  """Reads and checks `DIR/dataset_info.json`.
+
+  Raises:
+    DatasetFormatError: with a one-line message naming the directory when it
+      does not exist or was not written by `preprocessing`.
+  """
+  import tensorflow as tf
+
+  path = os.path.join(data_dir, INFO_FILE)
+  if not tf.io.gfile.isdir(data_dir):
+    raise DatasetFormatError(f"data dir {data_dir!r} does not exist; run `python -m preprocessing`")
+  if not tf.io.gfile.exists(path):
+    raise DatasetFormatError(
+      f"{path!r} not found: {data_dir!r} is not a preprocessed dataset; "
+      "run `python -m preprocessing --output` on it first"
+    )
+  with tf.io.gfile.GFile(path, "r") as f:
+    try:
+      info = json.load(f)
+    except json.JSONDecodeError as e:
+      raise DatasetFormatError(f"{path!r} is not valid JSON ({e})") from None
+  missing = [k for k in ("image_size", "num_patches", "counts") if k not in info]
+  if missing or info.get("format", FORMAT_NAME) != FORMAT_NAME:
+    raise DatasetFormatError(f"{path!r} is not a keypatch dataset_info file (missing {missing})")
+  return info
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+  """`train-00003-of-00010.tfrecord`."""
+  return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+  """Sorted list of finished shard files of `split` in `data_dir`."""
+  import tensorflow as tf
+
+  pattern = os.path.join(data_dir, f"{split}-*-of-*.tfrecord")
+  return sorted(tf.io.gfile.glob(pattern))
