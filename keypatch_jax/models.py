@@ -1,0 +1,446 @@
+"""KeyPatchGAN networks in Flax linen (SPEC §2, the official code's "unet").
+
+Shapes use B = batch, N = number of patches, S = image size (64, 128, 256),
+L = log2(S) - 2 encoder levels. Layout is NHWC; images are in [-1, 1].
+
+Generator:   patches [B, N, S, S, 3], z [B, z_dim] -> mask [B, S, S, 1] in
+             [0, 1], image [B, S, S, 3] in [-1, 1].
+Discriminator: images [B, S, S, 3] -> logits [B].
+
+The part encoder is one `PartEncoder` lifted with `nn.vmap` over the patch
+axis (weights shared), and every level is summed over the patches, which makes
+the generator invariant to the order of the patches. Its BatchNorm pools the
+statistics over the batch and all N patches through the vmap's axis name
+(SPEC §2 ⚑ (a), the one deliberate difference from the official code, which
+keeps per-slot batch statistics and so loses order invariance in eval mode).
+
+Initialisation: Flax defaults (LeCun-normal kernels, zero biases). The
+official code uses PyTorch's defaults; neither uses the DCGAN N(0, 0.02) init.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = Any
+PATCH_AXIS = "patches"
+LEAK = 0.2
+
+
+def num_levels(image_size: int) -> int:
+  """L = log2(S) - 2: the number of stride-2 levels (64 -> 4, 128 -> 5, 256 -> 6)."""
+  levels = int(np.log2(image_size)) - 2
+  if image_size < 16 or 2 ** (levels + 2) != image_size:
+    raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
+  return levels
+
+
+def level_width(level: int, conv_dim: int) -> int:
+  """Channels at encoder level `level` (0-based): conv_dim * 2**min(3, l), at most 512."""
+  return min(conv_dim * 2 ** min(3, level), 512)
+
+
+def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """PyTorch-style symmetric padding k // 2 on both sides (not 'SAME', see SPEC §2)."""
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+# PyTorch ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1), written as
+# padding of the dilated input for `lax.conv_transpose`: (k - 1 - p, k - 1 - p + op).
+UP_PADDING = ((2, 3), (2, 3))
+
+
+def _subpixel_taps(kernel_size: int, pad_lo: int) -> tuple[np.ndarray, int]:
+  """Index table for the sub-pixel form of a stride-2 transposed convolution.
+
+  Output pixel o = 2p + r reads the dilated input at o + k - pad_lo, which is
+  input pixel (r + k - pad_lo) / 2 + p when that is an integer. For each parity
+  r this lists which kernel tap k lands on input offset t (or `kernel_size`,
+  a zero tap, when none does).
+
+  Returns:
+    table [2, T] of kernel indices, and the low padding of the stride-1 conv.
+  """
+  offsets = {
+    r: {(r + k - pad_lo) // 2: k for k in range(kernel_size) if (r + k - pad_lo) % 2 == 0}
+    for r in (0, 1)
+  }
+  lo = min(min(o) for o in offsets.values())
+  hi = max(max(o) for o in offsets.values())
+  table = np.full((2, hi - lo + 1), kernel_size, np.int32)
+  for r, taps in offsets.items():
+    for off, k in taps.items():
+      table[r, off - lo] = k
+  return table, -lo
+
+
+def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, padding=UP_PADDING) -> jax.Array:
+  """Stride-2 `lax.conv_transpose` computed with one stride-1 convolution.
+
+  Splits the kernel by output parity into four sub-kernels (3 taps per axis
+  for 5x5), runs one convolution to 4*C channels and interleaves the result
+  (depth-to-space). Exact, and only regular-convolution gradients, which XLA:CPU
+  computes 20-50x faster than a transposed convolution's (SPEC / STACK.md).
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [k, k, Cin, Cout], the same parameter `nn.ConvTranspose` holds
+      (`transpose_kernel=False`).
+    padding: ((lo, hi), (lo, hi)) of the dilated input, as for `lax.conv_transpose`.
+
+  Returns:
+    [B, 2H + lo + hi - k + 1 - 1, ...] i.e. [B, 2H, 2W, Cout] for the default.
+  """
+  k = kernel.shape[0]
+  (lo, hi), _ = padding
+  if (2 * x.shape[1] - 1 + lo + hi - k + 1) != 2 * x.shape[1]:
+    raise ValueError(f"sub-pixel form needs an output of exactly 2x the input, padding {padding}")
+  table, pad_lo = _subpixel_taps(k, lo)
+  taps = table.shape[1]
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # index k is a zero tap
+  sub = padded[table[:, None, :, None], table[None, :, None, :]]  # [2, 2, T, T, Cin, Cout]
+  cin, cout = kernel.shape[2:]
+  sub = sub.transpose(2, 3, 4, 0, 1, 5).reshape(taps, taps, cin, 4 * cout)
+  pad_hi = taps - 1 - pad_lo
+  y = jax.lax.conv_general_dilated(
+    x, sub, (1, 1), ((pad_lo, pad_hi), (pad_lo, pad_hi)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  b, h, w, _ = y.shape
+  y = y.reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, 2 * h, 2 * w, cout)
+
+
+class UpConv(nn.Module):
+  """5x5 stride-2 transposed convolution that doubles H and W (SPEC §2 padding).
+
+  The parameters are exactly those of `nn.ConvTranspose(features, (5, 5), (2, 2),
+  padding=UP_PADDING)`; `subpixel` selects how it is computed (identical
+  results): natively (`lax.conv_transpose`, best on TPU/GPU) or as the
+  sub-pixel decomposition (best on XLA:CPU).
+
+  x [B, H, W, Cin] -> [B, 2H, 2W, features].
+  """
+
+  features: int
+  kernel_size: int = 5
+  subpixel: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), self.param_dtype
+    )
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if self.subpixel:
+      y = subpixel_conv_transpose(x, kernel, UP_PADDING)
+    else:
+      y = jax.lax.conv_transpose(
+        x, kernel, (2, 2), UP_PADDING, dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+    return y + bias
+
+
+class PartEncoder(nn.Module):
+  """Encodes one patch (SPEC §2). Shared by all N patches via `nn.vmap`.
+
+  x [B, S, S, 3] -> L + 1 maps: level l is [B, S / 2**(l+1), same, width(l)]
+  for l < L, and the embedding [B, 1, 1, embed_dim].
+  """
+
+  image_size: int
+  conv_dim: int = 64
+  embed_dim: int = 128
+  bn_axis_name: Any = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> list[jax.Array]:
+    conv = functools.partial(
+      nn.Conv,
+      kernel_size=(5, 5),
+      strides=(2, 2),
+      padding=_pad(5),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    feats = []
+    for level in range(num_levels(self.image_size)):
+      x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x)
+      if level > 0:
+        x = norm(name=f"bn{level}")(x)
+      x = nn.leaky_relu(x, LEAK)
+      feats.append(x)
+    x = nn.Conv(
+      self.embed_dim,
+      (4, 4),
+      padding="VALID",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="embed",
+    )(x)
+    feats.append(nn.leaky_relu(x, LEAK))
+    return feats
+
+
+class UNetDecoder(nn.Module):
+  """U-net decoder from the 1x1 embedding up to S x S (SPEC §2).
+
+  Level order is coarse to fine: a 4x4 VALID transposed conv to 4x4, then one
+  `UpConv` per level, each followed by BatchNorm + ReLU and a concat of
+  `skips[i]` ([decoder, skip] channel order); the last `UpConv` gives
+  `out_features` channels without normalisation.
+
+  Args of __call__:
+    x: [B, 1, 1, C] embedding (with z concatenated for the image decoder).
+    skips: L maps, coarse to fine: [B, 4, 4, *], [B, 8, 8, *], ...,
+      [B, S/2, S/2, *].
+
+  Returns:
+    (output [B, S, S, out_features] before the final activation,
+     the L concatenated features, coarse to fine).
+  """
+
+  image_size: int
+  out_features: int
+  conv_dim: int = 64
+  subpixel: bool = False
+  bn_axis_name: Any = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, skips: Sequence[jax.Array], train: bool):
+    levels = num_levels(self.image_size)
+    if len(skips) != levels:
+      raise ValueError(f"expected {levels} skip maps, got {len(skips)}")
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    up = functools.partial(
+      UpConv, subpixel=self.subpixel, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    x = nn.ConvTranspose(
+      level_width(levels - 1, self.conv_dim),
+      (4, 4),
+      padding="VALID",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="up0",
+    )(x)
+    feats = []
+    for i, skip in enumerate(skips):
+      if i > 0:
+        x = up(level_width(levels - 1 - i, self.conv_dim), name=f"up{i}")(x)
+      x = nn.relu(norm(name=f"bn{i}")(x))
+      x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
+      feats.append(x)
+    out = up(self.out_features, name=f"up{levels}")(x)
+    return out, feats
+
+
+class Generator(nn.Module):
+  """Mask prediction + doubled U-net image generation from N unordered patches.
+
+  patches [B, N, S, S, 3] in [-1, 1], z [B, z_dim] ->
+    (mask [B, S, S, 1] in [0, 1], image [B, S, S, 3] in [-1, 1]).
+
+  Any N >= 1 and S in {64, 128, 256, ...} work with the same code. With
+  `use_mask_net=False` (ablation "no mask network") the mask decoder is absent,
+  the image decoder sees only the encoder skips, and `mask` is None.
+  """
+
+  image_size: int = 64
+  conv_dim: int = 64
+  embed_dim: int = 128
+  z_dim: int = 128
+  subpixel: bool = False
+  use_mask_net: bool = True
+  bn_axis_name: str | None = None  # device axis for synchronised BatchNorm
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    bn_axes = (PATCH_AXIS,) if self.bn_axis_name is None else (PATCH_AXIS, self.bn_axis_name)
+    encoders = nn.vmap(
+      PartEncoder,
+      variable_axes={"params": None, "batch_stats": None},
+      split_rngs={"params": False},
+      in_axes=(1, None),
+      out_axes=1,
+      axis_name=PATCH_AXIS,
+    )
+    self.encoder = encoders(
+      self.image_size, self.conv_dim, self.embed_dim, bn_axes, self.dtype, self.param_dtype
+    )
+    decoder = functools.partial(
+      UNetDecoder,
+      self.image_size,
+      conv_dim=self.conv_dim,
+      subpixel=self.subpixel,
+      bn_axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    if self.use_mask_net:
+      self.mask_decoder = decoder(out_features=1)
+    self.image_decoder = decoder(out_features=3)
+
+  def encode(self, patches: jax.Array, train: bool) -> list[jax.Array]:
+    """patches [B, N, S, S, 3] -> L + 1 maps summed over the N patches."""
+    if patches.ndim != 5:
+      raise ValueError(f"patches must be [B, N, S, S, 3], got shape {patches.shape}")
+    return [f.sum(axis=1) for f in self.encoder(patches, train)]
+
+  def __call__(self, patches: jax.Array, z: jax.Array, *, train: bool):
+    feats = self.encode(patches, train)
+    embedding, skips = feats[-1], feats[-2::-1]  # skips coarse to fine
+    mask = None
+    if self.use_mask_net:
+      mask_logits, skips = self.mask_decoder(embedding, skips, train)
+      mask = nn.sigmoid(mask_logits.astype(jnp.float32))
+    z = z.astype(embedding.dtype)[:, None, None, :]
+    image, _ = self.image_decoder(jnp.concatenate([embedding, z], axis=-1), skips, train)
+    return mask, jnp.tanh(image.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  """DCGAN discriminator (SPEC §2): images [B, S, S, 3] -> logits [B]."""
+
+  image_size: int = 64
+  conv_dim: int = 64
+  bn_axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    conv = functools.partial(
+      nn.Conv,
+      kernel_size=(5, 5),
+      strides=(2, 2),
+      padding=_pad(5),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    x = x.astype(self.dtype)
+    for level in range(num_levels(self.image_size)):
+      x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x)
+      if level > 0:
+        x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=0.9,
+          epsilon=1e-5,
+          axis_name=self.bn_axis_name,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"bn{level}",
+        )(x)
+      x = nn.leaky_relu(x, LEAK)
+    x = nn.Conv(
+      1, (4, 4), padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype, name="logit"
+    )(x)
+    return x.reshape(x.shape[0]).astype(jnp.float32)
+
+
+class KindsDiscriminator(nn.Module):
+  """The discriminator applied to K kinds of images (real, G, composites) at once.
+
+  images [K, B, S, S, 3] -> logits [K, B]. One `Discriminator` lifted with
+  `nn.vmap` over the kinds: parameters shared, BatchNorm statistics per kind
+  (`batch_stats` mapped over axis 0), which is what the official code does by
+  calling D once per kind, computed as one batched call (SPEC §2 ⚑).
+  """
+
+  image_size: int = 64
+  conv_dim: int = 64
+  bn_axis_name: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    vmapped = nn.vmap(
+      _PositionalDiscriminator,
+      variable_axes={"params": None, "batch_stats": 0},
+      split_rngs={"params": False},
+      in_axes=(0, None),
+      out_axes=0,
+    )
+    return vmapped(
+      self.image_size, self.conv_dim, self.bn_axis_name, self.dtype, self.param_dtype, name="disc"
+    )(images, train)
+
+
+class _PositionalDiscriminator(Discriminator):
+  """`Discriminator` with a positional `train` flag (`nn.vmap` drops keywords)."""
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:  # type: ignore[override]
+    return super().__call__(x, train=train)
+
+
+def resolve_subpixel(upsample: str) -> bool:
+  """'subpixel' -> True, 'transpose' -> False, 'auto' -> sub-pixel on CPU only."""
+  if upsample == "auto":
+    return jax.default_backend() == "cpu"
+  if upsample not in ("subpixel", "transpose"):
+    raise ValueError(f"config.model.upsample must be auto/subpixel/transpose, got {upsample!r}")
+  return upsample == "subpixel"
+
+
+def build_models(config, *, axis_name: str | None = None) -> tuple[Generator, KindsDiscriminator]:
+  """Builds (Generator, KindsDiscriminator) from a config.
+
+  Reads `config.image_size` and `config.model.{conv_dim, embed_dim, z_dim,
+  upsample, dtype, param_dtype, sync_batchnorm, use_mask_net}`. `axis_name` is
+  the device axis of the surrounding `pmap`; BatchNorm statistics are averaged
+  over it when `config.model.sync_batchnorm` is set.
+  """
+  m = config.model
+  bn_axis = axis_name if m.get("sync_batchnorm", True) else None
+  common = dict(
+    image_size=config.image_size,
+    conv_dim=m.conv_dim,
+    bn_axis_name=bn_axis,
+    dtype=jnp.dtype(m.get("dtype", "float32")),
+    param_dtype=jnp.dtype(m.get("param_dtype", "float32")),
+  )
+  generator = Generator(
+    embed_dim=m.embed_dim,
+    z_dim=m.z_dim,
+    subpixel=resolve_subpixel(m.get("upsample", "auto")),
+    use_mask_net=m.get("use_mask_net", True),
+    **common,
+  )
+  return generator, KindsDiscriminator(**common)
+
+
+def count_params(params) -> int:
+  """Total number of scalars in a parameter tree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
