@@ -1,0 +1,194 @@
+"""Key-patch detection: edge maps, OpenCV EdgeBoxes, and the paper's filters.
+
+All functions are pure (arrays in, arrays out). Boxes are float (x, y, w, h)
+in pixels of the detection frame, [K, 4]; scores are [K].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxFilter:
+  """The filters of SPEC §1 (P §4).
+
+  Attributes:
+    num_patches: N, boxes to keep.
+    min_area: minimum box area as a fraction of the image area.
+    max_area: maximum box area as a fraction of the image area.
+    max_aspect: keep 1/max_aspect <= w/h <= max_aspect.
+    nms_iou: greedy non-maximum suppression IoU threshold.
+    max_box_height: if set (waterfall preset, e.g. 0.7), tall boxes (h >= w)
+      up to this fraction of the image height are exempt from `max_area`, and
+      boxes taller than it are rejected.
+  """
+
+  num_patches: int = 3
+  min_area: float = 0.05
+  max_area: float = 0.25
+  max_aspect: float = 3.0
+  nms_iou: float = 0.3
+  max_box_height: float | None = None
+
+
+def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
+  """Resizes [H, W, C] so that min(H, W) == short_side (area filter when shrinking)."""
+  h, w = image.shape[:2]
+  scale = short_side / min(h, w)
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  if size == (w, h):
+    return image
+  interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+  return cv2.resize(image, size, interpolation=interp)
+
+
+def gradient_edges(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Edge map and orientation without a structured-edge model.
+
+  Sobel magnitude (max over colour channels) masked by Canny edges; the
+  orientation uses OpenCV's `computeOrientation` formula on a smoothed map.
+
+  Args:
+    image: uint8 [H, W, 3].
+
+  Returns:
+    (edges float32 [H, W] in [0, 1], orientation float32 [H, W] in [0, pi)).
+  """
+  f = image.astype(np.float32) * (1.0 / 255.0)
+  gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
+  gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
+  mag = np.sqrt(gx * gx + gy * gy)
+  if mag.ndim == 3:
+    mag = mag.max(axis=2)
+  gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+  canny = cv2.Canny(gray, 40, 100)
+  edges = np.where(canny > 0, mag, 0.0).astype(np.float32)
+  edges /= max(float(edges.max()), 1e-6)
+  return edges, edge_orientation(edges)
+
+
+def edge_orientation(edges: np.ndarray) -> np.ndarray:
+  """`arctan(Oyy * sign(-Oxy) / (Oxx + 1e-5)) mod pi` of a smoothed edge map [H, W]."""
+  e = cv2.blur(edges, (9, 9))
+  ox = cv2.Sobel(e, cv2.CV_32F, 1, 0, ksize=3)
+  oy = cv2.Sobel(e, cv2.CV_32F, 0, 1, ksize=3)
+  oxx = cv2.Sobel(ox, cv2.CV_32F, 1, 0, ksize=3)
+  oxy = cv2.Sobel(ox, cv2.CV_32F, 0, 1, ksize=3)
+  oyy = cv2.Sobel(oy, cv2.CV_32F, 0, 1, ksize=3)
+  theta = np.arctan(oyy * np.sign(-oxy) / (oxx + 1e-5))
+  return np.mod(theta, np.pi).astype(np.float32)
+
+
+def structured_edges(image: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
+  """Edge map and orientation from a `cv2.ximgproc` StructuredEdgeDetection model.
+
+  Args:
+    image: uint8 [H, W, 3] RGB.
+    model: result of `cv2.ximgproc.createStructuredEdgeDetection(path)`.
+
+  Returns:
+    (edges float32 [H, W] after NMS, orientation float32 [H, W]).
+  """
+  f = image.astype(np.float32) * (1.0 / 255.0)
+  edges = model.detectEdges(f)
+  orientation = model.computeOrientation(edges)
+  edges = model.edgesNms(edges, orientation)
+  return edges, orientation
+
+
+def edge_boxes(
+  edges: np.ndarray,
+  orientation: np.ndarray,
+  *,
+  max_boxes: int,
+  min_box_area: float,
+  max_aspect: float,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Runs OpenCV EdgeBoxes.
+
+  Returns:
+    (boxes float32 [K, 4] as (x, y, w, h), scores float32 [K]), best first.
+  """
+  eb = cv2.ximgproc.createEdgeBoxes(
+    maxBoxes=max_boxes, minBoxArea=float(min_box_area), maxAspectRatio=float(max_aspect)
+  )
+  boxes, scores = eb.getBoundingBoxes(edges, orientation)
+  if boxes is None or len(boxes) == 0:
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+  return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32).reshape(-1)
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """IoU of one (x, y, w, h) box [4] against [K, 4] -> [K]."""
+  x0 = np.maximum(box[0], boxes[:, 0])
+  y0 = np.maximum(box[1], boxes[:, 1])
+  x1 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
+  y1 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
+  inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+  union = box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter
+  return inter / np.maximum(union, 1e-9)
+
+
+def shape_mask(boxes: np.ndarray, height: int, width: int, f: BoxFilter) -> np.ndarray:
+  """Which boxes [K, 4] pass the area, aspect and height rules -> bool [K]."""
+  w, h = boxes[:, 2], boxes[:, 3]
+  area = w * h / float(height * width)
+  ratio = w / np.maximum(h, 1e-9)
+  ok = (area >= f.min_area) & (ratio >= 1.0 / f.max_aspect) & (ratio <= f.max_aspect)
+  ok &= (w > 0) & (h > 0)
+  if f.max_box_height is None:
+    return ok & (area <= f.max_area)
+  tall_ok = (h >= w) & (h <= f.max_box_height * height)
+  return ok & ((area <= f.max_area) | tall_ok) & (h <= f.max_box_height * height)
+
+
+def greedy_nms(
+  boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int
+) -> np.ndarray:
+  """Greedy NMS in descending score order (stable on ties).
+
+  Returns:
+    int indices into `boxes` of the kept boxes, best first, at most `limit`.
+  """
+  order = np.argsort(-scores, kind="stable")
+  keep: list[int] = []
+  for i in order:
+    if len(keep) >= limit:
+      break
+    if not keep or np.all(iou(boxes[i], boxes[keep]) <= iou_threshold):
+      keep.append(int(i))
+  return np.asarray(keep, np.int64)
+
+
+def select_boxes(
+  boxes: np.ndarray, scores: np.ndarray, height: int, width: int, f: BoxFilter
+) -> np.ndarray:
+  """Applies the filters and returns up to N boxes [M, 4] (M <= N), best first.
+
+  Boxes are first clipped to the image.
+  """
+  boxes = clip_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), height, width)
+  scores = np.asarray(scores, np.float32).reshape(-1)
+  mask = shape_mask(boxes, height, width, f)
+  boxes, scores = boxes[mask], scores[mask]
+  keep = greedy_nms(boxes, scores, f.nms_iou, f.num_patches)
+  return boxes[keep].reshape(-1, 4)
+
+
+def clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Clips (x, y, w, h) boxes [K, 4] to the image [0, width] x [0, height]."""
+  x0 = np.clip(boxes[:, 0], 0, width)
+  y0 = np.clip(boxes[:, 1], 0, height)
+  x1 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
+  y1 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
+  return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.float32)
+
+
+def scale_boxes(boxes: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
+  """Maps boxes [K, 4] from a height x width frame to a size x size frame, float32."""
+  s = np.array([size / width, size / height, size / width, size / height], np.float32)
+  return clip_boxes(boxes.astype(np.float32) * s, size, size)

@@ -1,0 +1,182 @@
+"""Runs the whole offline job: plan, parallel detection, shard writing, info, preview."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from preprocessing import sources, worker, writer
+
+PREVIEW_DIR = "preview"
+# Options that do not change the dataset's content (left out of the resume check).
+NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet")
+
+
+def bounded(items: Iterable[Any], semaphore: threading.Semaphore) -> Iterator[Any]:
+  """Yields items, taking one permit each (bounds how far a Pool's feeder runs ahead)."""
+  for item in items:
+    semaphore.acquire()
+    yield item
+
+
+def _init_tf() -> None:
+  """Imports TensorFlow for writing, on one thread and without accelerators."""
+  import tensorflow as tf
+
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # already initialised in this process (tests)
+    pass
+
+
+def start_pool(settings: worker.Settings, workers: int):
+  """A spawn-context Pool of `workers` initialised workers, or None for in-process work."""
+  if workers <= 1:
+    worker.init_worker(settings)
+    return None
+  ctx = multiprocessing.get_context("spawn")
+  return ctx.Pool(workers, initializer=worker.init_worker, initargs=(settings,))
+
+
+def process_all(
+  pool, items: Iterable[sources.Item], workers: int, total: int, quiet: bool
+) -> Iterator[worker.Result]:
+  """Processes items on `pool` (None: in-process); results in item order, with a progress bar."""
+  from tqdm import tqdm
+
+  bar = tqdm(
+    total=total,
+    unit="img",
+    desc="preprocess",
+    disable=quiet,
+    smoothing=0.1,
+    mininterval=0.1 if sys.stderr.isatty() else 10.0,
+    file=sys.stderr,
+  )
+  try:
+    if pool is None:
+      for item in items:
+        yield worker.process_item(item)
+        bar.update(1)
+      return
+    chunk = 4
+    permits = threading.Semaphore(max(256, 8 * chunk * workers))
+    for res in pool.imap(worker.process_item, bounded(items, permits), chunksize=chunk):
+      permits.release()
+      yield res
+      bar.update(1)
+  finally:
+    bar.close()
+
+
+def write_shards(
+  out_dir: str,
+  source: sources.Source,
+  pending: list[writer.Shard],
+  owner: dict[int, writer.Shard],
+  results: Iterable[worker.Result],
+) -> None:
+  """Groups results by shard and writes each shard as soon as all its items are in."""
+  from keypatch_jax import features
+
+  buffers: dict[str, list[worker.Result]] = {s.name: [] for s in pending}
+  for res in results:
+    shard = owner[res.index]
+    buf = buffers[shard.name]
+    buf.append(res)
+    if len(buf) == len(shard.indices):
+      records, rejects = [], {}
+      for r in sorted(buf, key=lambda r: r.index):
+        if r.reason is None:
+          records.append(features.encode_example(r.image, r.boxes, source.ids[r.index], r.label))
+        else:
+          rejects[r.reason] = rejects.get(r.reason, 0) + 1
+      writer.write_shard(out_dir, shard, records, rejects)
+      del buffers[shard.name]
+
+
+def run(
+  options: dict[str, Any], source: sources.Source, settings: worker.Settings
+) -> dict[str, Any]:
+  """Writes the dataset for `options` (the parsed CLI options) into `options['output']`.
+
+  Returns:
+    the dataset_info dict that was written.
+  """
+
+  out_dir = options["output"]
+  recorded = {k: v for k, v in options.items() if k not in ("output",)}
+  fingerprint = {k: v for k, v in options.items() if k not in NON_CONTENT_OPTIONS}
+  shards = writer.plan_shards(source.ids, options["test_count"], options["shard_size"])
+  pool = start_pool(settings, options["workers"])  # workers start while TF imports
+  try:
+    _init_tf()
+    writer.prepare_output(out_dir, fingerprint)
+    pending = [s for s in shards if not writer.is_done(out_dir, s)]
+    owner = {i: s for s in pending for i in s.indices}
+    items = source.items(set(owner))
+    results = process_all(pool, items, options["workers"], len(owner), options["quiet"])
+    write_shards(out_dir, source, pending, owner, results)
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+  info = {
+    "source": options["source"],
+    "options": recorded,
+    "image_size": settings.image_size,
+    "num_patches": settings.box_filter.num_patches,
+    "num_labels": source.num_labels,
+    "num_source_images": len(source.ids),
+    "edge_method": "structured" if settings.sed_model else "gradient",
+    "box_format": "xywh_pixels",
+  }
+  info = writer.write_info(out_dir, shards, info)
+  if options["preview"] > 0:
+    write_preview(out_dir, info, options["preview"])
+  return info
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, scale: int) -> np.ndarray:
+  """RGB uint8 [S, S, 3] and boxes [N, 4] -> BGR uint8 [S*scale, S*scale, 3] with boxes drawn."""
+  import cv2
+
+  colours = ((0, 0, 255), (0, 200, 0), (255, 0, 0), (0, 200, 255), (255, 0, 255), (255, 255, 0))
+  s = image.shape[0] * scale
+  big = cv2.resize(image, (s, s), interpolation=cv2.INTER_NEAREST)[..., ::-1].copy()
+  for k, (x, y, w, h) in enumerate(np.asarray(boxes) * scale):
+    p0, p1 = (int(round(x)), int(round(y))), (int(round(x + w)) - 1, int(round(y + h)) - 1)
+    cv2.rectangle(big, p0, p1, colours[k % len(colours)], max(1, scale // 2))
+  return big
+
+
+def write_preview(out_dir: str, info: dict[str, Any], count: int) -> list[str]:
+  """Reads the first `count` training examples back and writes them as PNGs with boxes."""
+  import cv2
+  import tensorflow as tf
+
+  from keypatch_jax import features
+
+  files = [os.path.join(out_dir, name) for name in info["shards"]["train"]]
+  if not files:
+    return []
+  s, n = info["image_size"], info["num_patches"]
+  ds = tf.data.TFRecordDataset(files).map(lambda r: features.parse_example(r, n, s)).take(count)
+  preview_dir = os.path.join(out_dir, PREVIEW_DIR)
+  tf.io.gfile.makedirs(preview_dir)
+  paths = []
+  for k, ex in enumerate(ds.as_numpy_iterator()):
+    png = cv2.imencode(".png", draw_boxes(ex["image"], ex["boxes"], max(1, 256 // s)))[1]
+    path = os.path.join(preview_dir, f"preview-{k:03d}.png")
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(png.tobytes())
+    paths.append(path)
+  return paths

@@ -1,0 +1,164 @@
+"""The shard plan, atomic shard writing, resume, and `dataset_info.json`.
+
+Plan: the `test_count` ids with the smallest sha1 form the test split (stable
+across runs, machines and worker counts); each split's items, in source order,
+are cut into fixed `shard_size` chunks, one shard per chunk, so the `-of-N`
+totals are known before any detection. A shard holds the accepted examples of
+its chunk in source order.
+
+Atomicity: a shard is written to `.tmp.NAME`, its stats to `_chunks/NAME.json`
+(temp + rename), then the shard is renamed to `NAME`. A shard whose file and
+stats exist is finished and skipped on a rerun; leftover temp files are
+deleted. `dataset_info.json` is written last, from the stats of all shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from keypatch_jax import features
+
+STATS_DIR = "_chunks"
+RUN_FILE = "run.json"
+TMP_PREFIX = ".tmp."
+SPLITS = ("train", "test")
+
+
+class OutputError(ValueError):
+  """The output directory cannot be used (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """One output shard: its file name and the source indices it covers (sorted)."""
+
+  split: str
+  name: str
+  indices: tuple[int, ...]
+
+
+def id_hash(example_id: str) -> str:
+  """sha1 hex of an id (the split key)."""
+  return hashlib.sha1(example_id.encode("utf-8")).hexdigest()
+
+
+def test_indices(ids: Sequence[str], test_count: int) -> set[int]:
+  """Indices of the `test_count` ids with the smallest sha1 (ties by id)."""
+  order = sorted(range(len(ids)), key=lambda i: (id_hash(ids[i]), ids[i]))
+  return set(order[:test_count])
+
+
+def plan_shards(ids: Sequence[str], test_count: int, shard_size: int) -> list[Shard]:
+  """Splits and shards all items. Train shards first, then test shards."""
+  test = test_indices(ids, test_count)
+  by_split = {
+    "train": [i for i in range(len(ids)) if i not in test],
+    "test": sorted(test),
+  }
+  shards = []
+  for split in SPLITS:
+    idx = by_split[split]
+    n = (len(idx) + shard_size - 1) // shard_size
+    for k in range(n):
+      chunk = tuple(idx[k * shard_size : (k + 1) * shard_size])
+      shards.append(Shard(split, features.shard_name(split, k, n), chunk))
+  return shards
+
+
+def _gfile():
+  import tensorflow as tf
+
+  return tf.io.gfile
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to `path` via a temp file and a rename (local or gs://)."""
+  gfile = _gfile()
+  tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path))
+  with gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  gfile.rename(tmp, path, overwrite=True)
+
+
+def read_json(path: str) -> Any:
+  with _gfile().GFile(path, "r") as f:
+    return json.load(f)
+
+
+def prepare_output(out_dir: str, fingerprint: dict[str, Any]) -> None:
+  """Creates `out_dir`, removes stale temp files, and checks a resumed run's options.
+
+  Raises:
+    OutputError: when `out_dir` holds shards made with different options.
+  """
+  gfile = _gfile()
+  gfile.makedirs(os.path.join(out_dir, STATS_DIR))
+  for d in (out_dir, os.path.join(out_dir, STATS_DIR)):
+    for path in gfile.glob(os.path.join(d, TMP_PREFIX + "*")):
+      gfile.remove(path)
+  run_path = os.path.join(out_dir, STATS_DIR, RUN_FILE)
+  if gfile.exists(run_path):
+    old = read_json(run_path)
+    if old != json.loads(json.dumps(fingerprint)):
+      changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+      raise OutputError(
+        f"--output {out_dir}: holds a partial dataset made with different options "
+        f"({', '.join(changed)}); use an empty directory"
+      )
+  else:
+    write_json_atomic(run_path, fingerprint)
+
+
+def is_done(out_dir: str, shard: Shard) -> bool:
+  """Whether `shard` was finished by an earlier run."""
+  gfile = _gfile()
+  return gfile.exists(os.path.join(out_dir, shard.name)) and gfile.exists(
+    os.path.join(out_dir, STATS_DIR, shard.name + ".json")
+  )
+
+
+def write_shard(
+  out_dir: str, shard: Shard, records: Sequence[bytes], rejects: dict[str, int]
+) -> None:
+  """Writes serialised examples and the shard's stats, atomically."""
+  import tensorflow as tf
+
+  tmp = os.path.join(out_dir, TMP_PREFIX + shard.name)
+  with tf.io.TFRecordWriter(tmp) as w:
+    for r in records:
+      w.write(r)
+  stats = {"count": len(records), "rejects": dict(sorted(rejects.items()))}
+  write_json_atomic(os.path.join(out_dir, STATS_DIR, shard.name + ".json"), stats)
+  tf.io.gfile.rename(tmp, os.path.join(out_dir, shard.name), overwrite=True)
+
+
+def collect_stats(out_dir: str, shards: Sequence[Shard]) -> tuple[dict[str, int], dict[str, int]]:
+  """Sums the stats files: (counts per split, rejects per reason)."""
+  counts = dict.fromkeys(SPLITS, 0)
+  rejects: dict[str, int] = {}
+  for shard in shards:
+    stats = read_json(os.path.join(out_dir, STATS_DIR, shard.name + ".json"))
+    counts[shard.split] += stats["count"]
+    for reason, n in stats["rejects"].items():
+      rejects[reason] = rejects.get(reason, 0) + n
+  return counts, dict(sorted(rejects.items()))
+
+
+def write_info(out_dir: str, shards: Sequence[Shard], info: dict[str, Any]) -> dict[str, Any]:
+  """Writes `dataset_info.json` from `info` plus counts, rejects and shard lists."""
+  counts, rejects = collect_stats(out_dir, shards)
+  info = dict(info)
+  info.update(
+    format=features.FORMAT_NAME,
+    version=features.FORMAT_VERSION,
+    counts=counts,
+    rejects=rejects,
+    shards={s: [sh.name for sh in shards if sh.split == s] for s in SPLITS},
+  )
+  write_json_atomic(os.path.join(out_dir, features.INFO_FILE), info)
+  return info
