@@ -120,9 +120,7 @@ def bce_with_logits(logits: jax.Array, target: float) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)).mean()
 
 
-def discriminator_loss(
-  logits: jax.Array, kinds: Sequence[str] = ALL_FAKES
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+def discriminator_loss(logits: jax.Array, kinds: Sequence[str] = ALL_FAKES) -> tuple[jax.Array, dict[str, jax.Array]]:
   """D's side of LR (paper eq. 4), to minimise.
 
   BCE(D(y), 1) + Σ_fakes BCE(D(fake), 0), each a mean over the batch, weight 1.
@@ -182,9 +180,7 @@ def generator_loss(
   return total, terms
 
 
-def lambda_schedule(
-  epoch, num_epochs: int, start: float = -2.0, end: float = -4.0, scale: float = 64.0
-):
+def lambda_schedule(epoch, num_epochs: int, start: float = -2.0, end: float = -4.0, scale: float = 64.0):
   """λ1 = λ2 = scale · logspace(start, end, num_epochs)[epoch] (paper §4, SPEC §3).
 
   Constant within an epoch. `scale` = 64 converts the official code's

@@ -68,10 +68,7 @@ def _subpixel_taps(kernel_size: int, pad_lo: int) -> tuple[np.ndarray, int]:
   Returns:
     table [2, T] of kernel indices, and the low padding of the stride-1 conv.
   """
-  offsets = {
-    r: {(r + k - pad_lo) // 2: k for k in range(kernel_size) if (r + k - pad_lo) % 2 == 0}
-    for r in (0, 1)
-  }
+  offsets = {r: {(r + k - pad_lo) // 2: k for k in range(kernel_size) if (r + k - pad_lo) % 2 == 0} for r in (0, 1)}
   lo = min(min(o) for o in offsets.values())
   hi = max(max(o) for o in offsets.values())
   table = np.full((2, hi - lo + 1), kernel_size, np.int32)
@@ -137,17 +134,13 @@ class UpConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
-    kernel = self.param(
-      "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), self.param_dtype
-    )
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     if self.subpixel:
       y = subpixel_conv_transpose(x, kernel, UP_PADDING)
     else:
-      y = jax.lax.conv_transpose(
-        x, kernel, (2, 2), UP_PADDING, dimension_numbers=("NHWC", "HWIO", "NHWC")
-      )
+      y = jax.lax.conv_transpose(x, kernel, (2, 2), UP_PADDING, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
 
 
@@ -243,9 +236,7 @@ class UNetDecoder(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )
-    up = functools.partial(
-      UpConv, subpixel=self.subpixel, dtype=self.dtype, param_dtype=self.param_dtype
-    )
+    up = functools.partial(UpConv, subpixel=self.subpixel, dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.ConvTranspose(
       level_width(levels - 1, self.conv_dim),
       (4, 4),
@@ -296,9 +287,7 @@ class Generator(nn.Module):
       out_axes=1,
       axis_name=PATCH_AXIS,
     )
-    self.encoder = encoders(
-      self.image_size, self.conv_dim, self.embed_dim, bn_axes, self.dtype, self.param_dtype
-    )
+    self.encoder = encoders(self.image_size, self.conv_dim, self.embed_dim, bn_axes, self.dtype, self.param_dtype)
     decoder = functools.partial(
       UNetDecoder,
       self.image_size,
@@ -363,9 +352,7 @@ class Discriminator(nn.Module):
           name=f"bn{level}",
         )(x)
       x = nn.leaky_relu(x, LEAK)
-    x = nn.Conv(
-      1, (4, 4), padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype, name="logit"
-    )(x)
+    x = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype, name="logit")(x)
     return x.reshape(x.shape[0]).astype(jnp.float32)
 
 
@@ -393,9 +380,9 @@ class KindsDiscriminator(nn.Module):
       in_axes=(0, None),
       out_axes=0,
     )
-    return vmapped(
-      self.image_size, self.conv_dim, self.bn_axis_name, self.dtype, self.param_dtype, name="disc"
-    )(images, train)
+    return vmapped(self.image_size, self.conv_dim, self.bn_axis_name, self.dtype, self.param_dtype, name="disc")(
+      images, train
+    )
 
 
 class _PositionalDiscriminator(Discriminator):

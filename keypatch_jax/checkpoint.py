@@ -1,0 +1,180 @@
+"""Orbax checkpoints of a run: `WORKDIR/checkpoints/<step>/{generator,rest,meta}`.
+
+The state is saved as three Orbax items so that sampling restores only what it
+needs: `generator` (params, batch_stats, EMA params), `rest` (the step, the
+generator's Adam state, the discriminator) and `meta` (JSON: step, the data
+position, the config). The data position of a step is (epoch, batches into the
+epoch) = divmod(step, steps_per_epoch): the input pipeline is deterministic,
+so that pair is all a restart needs.
+
+Resume order (`train.train_and_evaluate`): build the fresh state -> restore
+the latest checkpoint into it -> rebuild the input iterator at the restored
+step -> go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from keypatch_jax import models
+
+if TYPE_CHECKING:
+  from keypatch_jax.train import TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+  """No usable checkpoint (one-line message naming the workdir)."""
+
+
+def manager(
+  workdir: str, *, max_to_keep: int = 3, save_every: int = 1, read_only: bool = False
+) -> ocp.CheckpointManager:
+  """A `CheckpointManager` with async saves over `WORKDIR/checkpoints`."""
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep,
+    save_interval_steps=save_every,
+    create=not read_only,
+    enable_async_checkpointing=not read_only,
+    read_only=read_only,
+  )
+  path = os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir, CHECKPOINT_DIR)
+  return ocp.CheckpointManager(path, options=options, item_names=("generator", "rest", "meta"))
+
+
+def _split(state: TrainState) -> tuple[dict, dict]:
+  generator = {"params": state.g.params, "batch_stats": state.g.batch_stats, "ema_params": state.ema_params}
+  rest = {
+    "step": state.step,
+    "g_opt_state": state.g.opt_state,
+    "d": {
+      "params": state.d.params,
+      "batch_stats": state.d.batch_stats,
+      "opt_state": state.d.opt_state,
+      "step": state.d.step,
+    },
+    "g_step": state.g.step,
+  }
+  return generator, rest
+
+
+def _join(template: TrainState, generator: dict, rest: dict) -> TrainState:
+  g = template.g.replace(
+    params=generator["params"], batch_stats=generator["batch_stats"], opt_state=rest["g_opt_state"], step=rest["g_step"]
+  )
+  d = template.d.replace(
+    params=rest["d"]["params"],
+    batch_stats=rest["d"]["batch_stats"],
+    opt_state=rest["d"]["opt_state"],
+    step=rest["d"]["step"],
+  )
+  return template.replace(step=rest["step"], g=g, d=d, ema_params=generator["ema_params"])
+
+
+def save(mngr: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any], *, force: bool = False) -> bool:
+  """Saves an unreplicated state asynchronously (numpy copies, primary host writes)."""
+  generator, rest = jax.device_get(_split(state))
+  step = int(rest["step"])
+  return mngr.save(
+    step,
+    args=ocp.args.Composite(
+      generator=ocp.args.StandardSave(generator), rest=ocp.args.StandardSave(rest), meta=ocp.args.JsonSave(meta)
+    ),
+    force=force,
+  )
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore(mngr: ocp.CheckpointManager, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+  """Restores the full state (into the structure of `template`) and its meta."""
+  step = mngr.latest_step() if step is None else step
+  generator, rest = _split(template)
+  out = mngr.restore(
+    step,
+    args=ocp.args.Composite(
+      generator=ocp.args.StandardRestore(_abstract(generator)),
+      rest=ocp.args.StandardRestore(_abstract(rest)),
+      meta=ocp.args.JsonRestore(),
+    ),
+  )
+  return _join(template, out["generator"], out["rest"]), out["meta"]
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes the run's config as JSON next to the checkpoints (sampling reads it)."""
+  import tensorflow as tf
+
+  tf.io.gfile.makedirs(workdir)
+  with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was trained with."""
+  import tensorflow as tf
+
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise CheckpointError(f"{path!r} not found: {workdir!r} is not a training workdir")
+  with tf.io.gfile.GFile(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  config.loss.fakes = tuple(config.loss.fakes)
+  return config
+
+
+def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True):
+  """Restores only what sampling needs: the generator and its variables.
+
+  Args:
+    workdir: a training workdir.
+    step: checkpoint step (default: the latest).
+    ema: use the EMA parameters (default) instead of the raw ones.
+
+  Returns:
+    (generator module (no device axis), variables {"params", "batch_stats"},
+     config, step).
+
+  Raises:
+    CheckpointError: a one-line message when there is no workdir or checkpoint.
+  """
+  if not os.path.isdir(workdir) and "://" not in workdir:
+    raise CheckpointError(f"workdir {workdir!r} does not exist")
+  config = read_config(workdir)
+  mngr = manager(workdir, read_only=True)
+  steps = mngr.all_steps()
+  if not steps:
+    raise CheckpointError(
+      f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}; train first or pass the right --workdir"
+    )
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise CheckpointError(f"--step {step} not in {workdir!r} (available: {sorted(steps)})")
+  generator, _ = models.build_models(config)
+  s, n = config.image_size, config.num_patches
+  shapes = jax.eval_shape(
+    lambda: generator.init(
+      jax.random.key(0),
+      np.zeros((1, n, s, s, 3), np.float32),
+      np.zeros((1, config.model.z_dim), np.float32),
+      train=False,
+    )
+  )
+  abstract = {"params": shapes["params"], "batch_stats": shapes["batch_stats"], "ema_params": shapes["params"]}
+  out = mngr.restore(step, args=ocp.args.Composite(generator=ocp.args.StandardRestore(abstract)))
+  mngr.close()
+  restored = out["generator"]
+  params = restored["ema_params"] if ema else restored["params"]
+  return generator, {"params": params, "batch_stats": restored["batch_stats"]}, config, step

@@ -1,0 +1,334 @@
+"""tf.data input pipeline over the TFRecords written by `preprocessing/`.
+
+Per training example (SPEC §1): the real image y, its N boxes, the N key
+patches (each cropped with its box and resized, bicubic, to S x S: the
+location is discarded), and y', a real image from outside the current batch
+(a second, independently shuffled stream of the training set; an entry that
+collides with an image of the batch is swapped for one that does not). The
+ground-truth mask is built on the device from the (flipped) boxes by
+`losses.mask_from_boxes`, the one definition shared by training, sampling and
+evaluation.
+
+Determinism and resume: epoch e's order depends only on (seed, e, process),
+and the flip of the k-th example of an epoch on (seed, e, k), so the batch
+stream from any step is reproducible; `train_iterator(start_step=s)` skips the
+first s mod steps_per_epoch batches' records before decoding and resumes
+exactly.
+
+Layout: every array of a training batch is [local_devices, per_device_batch,
+...]; images and patches are float32 in [-1, 1], boxes float32 [.., N, 4]
+(x, y, w, h) in pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from keypatch_jax import features
+
+AUTOTUNE = -1
+
+
+def _tf():
+  """Imports TensorFlow with accelerators hidden (it only feeds the host)."""
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")
+  return tf
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+  """What training needs to know about a preprocessed dataset."""
+
+  data_dir: str
+  image_size: int
+  num_patches: int
+  num_train: int
+  num_test: int
+  num_labels: int
+  info: dict
+
+
+class DataConfigError(ValueError):
+  """The config and the dataset disagree, or the dataset cannot be used."""
+
+
+def load_meta(data_dir: str, image_size: int | None = None, num_patches: int | None = None) -> DatasetMeta:
+  """Reads `dataset_info.json` and checks it against the expected S and N.
+
+  Raises:
+    features.DatasetFormatError / DataConfigError with a one-line message.
+  """
+  if not data_dir:
+    raise DataConfigError(
+      "config.data_dir is empty; set --config.data_dir=DIR (a directory written by `python -m preprocessing`)"
+    )
+  info = features.read_dataset_info(data_dir)
+  meta = DatasetMeta(
+    data_dir,
+    int(info["image_size"]),
+    int(info["num_patches"]),
+    int(info["counts"].get("train", 0)),
+    int(info["counts"].get("test", 0)),
+    int(info.get("num_labels", 0) or 0),
+    info,
+  )
+  if image_size is not None and meta.image_size != image_size:
+    raise DataConfigError(
+      f"{data_dir}: dataset image_size {meta.image_size} != config "
+      f"image_size {image_size}; set --config.image_size={meta.image_size} "
+      "or preprocess with --image-size"
+    )
+  if num_patches is not None and meta.num_patches != num_patches:
+    raise DataConfigError(
+      f"{data_dir}: dataset num_patches {meta.num_patches} != config "
+      f"num_patches {num_patches}; set --config.num_patches={meta.num_patches}"
+    )
+  return meta
+
+
+def steps_per_epoch(meta: DatasetMeta, global_batch: int) -> int:
+  """Full global batches per epoch (the last partial batch is dropped)."""
+  steps = meta.num_train // global_batch
+  if steps < 1:
+    raise DataConfigError(
+      f"{meta.data_dir}: {meta.num_train} training images is fewer than one "
+      f"batch of {global_batch}; lower --config.batch_size"
+    )
+  return steps
+
+
+def crop_patches(image, boxes, image_size: int):
+  """Crops each box of `image` and resizes it (bicubic) to S x S.
+
+  Args:
+    image: float32 [S, S, 3] in [-1, 1].
+    boxes: float32 [N, 4] (x, y, w, h) in pixels.
+    image_size: S.
+
+  Returns:
+    float32 [N, S, S, 3] in [-1, 1].
+  """
+  tf = _tf()
+  s = float(image_size)
+  x0 = tf.clip_by_value(tf.round(boxes[:, 0]), 0.0, s - 1.0)
+  y0 = tf.clip_by_value(tf.round(boxes[:, 1]), 0.0, s - 1.0)
+  x1 = tf.clip_by_value(tf.round(boxes[:, 0] + boxes[:, 2]), x0 + 1.0, s)
+  y1 = tf.clip_by_value(tf.round(boxes[:, 1] + boxes[:, 3]), y0 + 1.0, s)
+  ints = tf.cast(tf.stack([y0, x0, y1 - y0, x1 - x0], axis=1), tf.int32)
+
+  def one(b):
+    crop = tf.image.crop_to_bounding_box(image, b[0], b[1], b[2], b[3])
+    return tf.image.resize(crop, [image_size, image_size], method="bicubic")
+
+  patches = tf.map_fn(one, ints, fn_output_signature=tf.float32)
+  return tf.clip_by_value(patches, -1.0, 1.0)
+
+
+def flip_example(image, boxes, image_size: int):
+  """Left-right flip of an image [S, S, 3] and its boxes [N, 4] (x' = S - x - w)."""
+  tf = _tf()
+  x = float(image_size) - boxes[:, 0] - boxes[:, 2]
+  return tf.reverse(image, axis=[1]), tf.concat([x[:, None], boxes[:, 1:]], axis=1)
+
+
+def _to_float(image):
+  tf = _tf()
+  return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def _records(files: list[str], seed: int | None, cycle_length: int = 8):
+  """Records of `files`, in a deterministic order (shuffled by `seed` if given)."""
+  tf = _tf()
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  if seed is not None:
+    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
+  return ds.interleave(
+    tf.data.TFRecordDataset,
+    cycle_length=min(cycle_length, len(files)),
+    block_length=1,
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True,
+  )
+
+
+def _host_files(meta: DatasetMeta, split: str) -> tuple[list[str], bool]:
+  """This process's shard files, and whether records still need `shard()`."""
+  files = features.split_files(meta.data_dir, split)
+  if not files:
+    raise features.DatasetFormatError(f"{meta.data_dir}: no {split}-*.tfrecord files")
+  count, index = jax.process_count(), jax.process_index()
+  if len(files) >= count:
+    return files[index::count], False
+  return files, True
+
+
+def _epoch_stream(meta: DatasetMeta, config, epoch: int, salt: int):
+  """One epoch of (index, serialized record) for this host, shuffled by (seed, epoch, salt).
+
+  Returns:
+    (dataset, the integer seed used), the seed also drives per-example flips.
+  """
+  files, shard_records = _host_files(meta, "train")
+  seed = int(np.random.SeedSequence([config.seed, salt, epoch, jax.process_index()]).generate_state(1)[0] % (2**31))
+  ds = _records(files, seed)
+  if shard_records:
+    ds = ds.shard(jax.process_count(), jax.process_index())
+  ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+  return ds.enumerate(), seed
+
+
+def _decode(meta: DatasetMeta, seed: int, flip: bool):
+  """The per-example map: parse, scale to [-1, 1], random flip (stateless)."""
+  tf = _tf()
+  s, n = meta.image_size, meta.num_patches
+
+  def fn(index, serialized):
+    ex = features.parse_example(serialized, n, s)
+    image, boxes = _to_float(ex["image"]), ex["boxes"]
+    if flip:
+      coin = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), index]))
+      image, boxes = tf.cond(coin < 0.5, lambda: flip_example(image, boxes, s), lambda: (image, boxes))
+    return {"image": image, "boxes": boxes, "id": ex["id"], "label": ex["label"]}
+
+  return fn
+
+
+def _train_dataset(meta: DatasetMeta, config, epoch: int, skip_batches: int, host_batch: int):
+  """tf.data pipeline of one epoch, starting after `skip_batches` batches."""
+  tf = _tf()
+  s = meta.image_size
+  per_example = config.flip == "per_example"
+  real, seed = _epoch_stream(meta, config, epoch, salt=0)
+  other, other_seed = _epoch_stream(meta, config, epoch, salt=1)
+  real = real.skip(skip_batches * host_batch).map(
+    _decode(meta, seed, per_example), num_parallel_calls=AUTOTUNE, deterministic=True
+  )
+  other = (
+    other.repeat()
+    .skip(skip_batches * host_batch)
+    .map(_decode(meta, other_seed, per_example), num_parallel_calls=AUTOTUNE, deterministic=True)
+  )
+
+  def add_patches(ex, oth):
+    ex = dict(ex)
+    ex["patches"] = crop_patches(ex["image"], ex["boxes"], s)
+    ex["other"], ex["other_id"] = oth["image"], oth["id"]
+    return ex
+
+  ds = tf.data.Dataset.zip(real, other).map(add_patches, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.batch(host_batch, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.map(_exclude_batch_from_other, num_parallel_calls=AUTOTUNE, deterministic=True)
+  if config.flip == "per_batch":  # the official code: one coin per batch
+    batch_seed = int(np.random.SeedSequence([config.seed, 2, epoch]).generate_state(1)[0] % 2**31)
+    ds = ds.enumerate(start=skip_batches).map(_flip_batch(s, batch_seed), deterministic=True)
+  return ds.prefetch(AUTOTUNE)
+
+
+def _exclude_batch_from_other(batch):
+  """Replaces y' entries whose id is in the batch by y' entries whose id is not."""
+  tf = _tf()
+  collide = tf.reduce_any(tf.equal(batch["other_id"][:, None], batch["id"][None, :]), axis=1)
+  good = tf.where(~collide)[:, 0]
+  if_any = tf.size(good) > 0
+  fallback = tf.gather(
+    good,
+    tf.math.floormod(tf.range(tf.size(collide, out_type=tf.int64)), tf.maximum(tf.size(good, out_type=tf.int64), 1)),
+  )
+  src = tf.where(collide & if_any, fallback, tf.range(tf.size(collide, out_type=tf.int64)))
+  batch = dict(batch)
+  batch["other"] = tf.gather(batch["other"], src)
+  del batch["other_id"]
+  return batch
+
+
+def _flip_batch(image_size: int, seed: int):
+  tf = _tf()
+
+  def fn(index, batch):
+    coin = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), index]))
+
+    def flipped():
+      b = dict(batch)
+      b["image"] = tf.reverse(b["image"], axis=[2])
+      b["other"] = tf.reverse(b["other"], axis=[2])
+      b["patches"] = tf.reverse(b["patches"], axis=[3])
+      x = float(image_size) - b["boxes"][..., 0] - b["boxes"][..., 2]
+      b["boxes"] = tf.concat([x[..., None], b["boxes"][..., 1:]], axis=-1)
+      return b
+
+    return tf.cond(coin < 0.5, flipped, lambda: dict(batch))
+
+  return fn
+
+
+def shard_batch(batch: dict[str, Any], num_devices: int) -> dict[str, Any]:
+  """[host_batch, ...] -> [num_devices, host_batch / num_devices, ...] (numeric arrays only)."""
+  out = {}
+  for k, v in batch.items():
+    if v.dtype.kind in "OSU":  # ids stay on the host
+      continue
+    out[k] = v.reshape(num_devices, v.shape[0] // num_devices, *v.shape[1:])
+  return out
+
+
+def host_batch_size(global_batch: int) -> int:
+  """This process's share of the global batch; checks divisibility by the devices."""
+  if global_batch % jax.device_count():
+    raise DataConfigError(f"--config.batch_size={global_batch} is not divisible by the {jax.device_count()} devices")
+  return global_batch // jax.process_count()
+
+
+def train_iterator(meta: DatasetMeta, config, start_step: int = 0) -> Iterator[dict[str, Any]]:
+  """Endless iterator of device-sharded training batches, from `start_step` on.
+
+  Yields dicts of numpy arrays: image, other [D, b, S, S, 3]; patches
+  [D, b, N, S, S, 3]; boxes [D, b, N, 4]; label [D, b].
+  """
+  host_batch = host_batch_size(config.batch_size)
+  spe = steps_per_epoch(meta, config.batch_size)
+  epoch, skip = divmod(start_step, spe)
+  devices = jax.local_device_count()
+  while True:
+    ds = _train_dataset(meta, config, epoch, skip, host_batch).take(spe - skip)
+    for batch in ds.as_numpy_iterator():
+      yield shard_batch(batch, devices)
+    epoch, skip = epoch + 1, 0
+
+
+def eval_batches(
+  meta: DatasetMeta, split: str = "test", batch_size: int = 64, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
+  """Unshuffled, unflipped batches of a split for sampling and evaluation.
+
+  Yields dicts of numpy arrays (not device-sharded): image [b, S, S, 3],
+  patches [b, N, S, S, 3], boxes [b, N, 4], label [b], id [b] (bytes). The
+  last batch may be smaller.
+  """
+  files = features.split_files(meta.data_dir, split)
+  if not files:
+    raise features.DatasetFormatError(f"{meta.data_dir}: no {split}-*.tfrecord files")
+  s, n = meta.image_size, meta.num_patches
+
+  def fn(serialized):
+    ex = features.parse_example(serialized, n, s)
+    image = _to_float(ex["image"])
+    return {
+      "image": image,
+      "boxes": ex["boxes"],
+      "patches": crop_patches(image, ex["boxes"], s),
+      "label": ex["label"],
+      "id": ex["id"],
+    }
+
+  ds = _records(files, seed=None)
+  if limit is not None:
+    ds = ds.take(limit)
+  ds = ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+  yield from ds.prefetch(AUTOTUNE).as_numpy_iterator()
