@@ -123,9 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     source = sources.open_source(args.source, num_images=args.num_images, seed=args.seed)
     if args.test_count >= len(source.ids):
-      parser.error(
-        f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source images"
-      )
+      parser.error(f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source images")
     options = vars(args).copy()
     if args.source != "synthetic":
       options.pop("num_images")
@@ -139,8 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   c = info["counts"]
   rejected = sum(info["rejects"].values())
   print(
-    f"wrote {c['train']} train + {c['test']} test examples to {args.output} "
-    f"({rejected} rejected: {info['rejects']})"
+    f"wrote {c['train']} train + {c['test']} test examples to {args.output} ({rejected} rejected: {info['rejects']})"
   )
   return 0
 

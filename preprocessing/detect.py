@@ -146,9 +146,7 @@ def shape_mask(boxes: np.ndarray, height: int, width: int, f: BoxFilter) -> np.n
   return ok & ((area <= f.max_area) | tall_ok) & (h <= f.max_box_height * height)
 
 
-def greedy_nms(
-  boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int
-) -> np.ndarray:
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int) -> np.ndarray:
   """Greedy NMS in descending score order (stable on ties).
 
   Returns:
@@ -164,9 +162,7 @@ def greedy_nms(
   return np.asarray(keep, np.int64)
 
 
-def select_boxes(
-  boxes: np.ndarray, scores: np.ndarray, height: int, width: int, f: BoxFilter
-) -> np.ndarray:
+def select_boxes(boxes: np.ndarray, scores: np.ndarray, height: int, width: int, f: BoxFilter) -> np.ndarray:
   """Applies the filters and returns up to N boxes [M, 4] (M <= N), best first.
 
   Boxes are first clipped to the image.

@@ -58,7 +58,7 @@ def sniff_format(data: bytes) -> str | None:
 def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
   """(width, height) from a PNG, BMP or JPEG header without decoding, else None."""
   try:
-    if fmt == "png" and len(data) >= 24:
+    if fmt == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
       return struct.unpack(">II", data[16:24])
     if fmt == "bmp" and len(data) >= 26:
       w, h = struct.unpack("<ii", data[18:26])
@@ -120,9 +120,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     factor = next((f for f in (2, 4, 8) if size[0] * size[1] / (f * f) <= max_pixels), None)
     if fmt != "jpeg" or factor is None:
       raise Reject("too_large")
-    flags = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
-      factor, cv2.IMREAD_REDUCED_COLOR_8
-    )
+    flags = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(factor, cv2.IMREAD_REDUCED_COLOR_8)
   try:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
   except cv2.error:

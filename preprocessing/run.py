@@ -46,9 +46,7 @@ def start_pool(settings: worker.Settings, workers: int):
   return ctx.Pool(workers, initializer=worker.init_worker, initargs=(settings,))
 
 
-def process_all(
-  pool, items: Iterable[sources.Item], workers: int, total: int, quiet: bool
-) -> Iterator[worker.Result]:
+def process_all(pool, items: Iterable[sources.Item], workers: int, total: int, quiet: bool) -> Iterator[worker.Result]:
   """Processes items on `pool` (None: in-process); results in item order, with a progress bar."""
   from tqdm import tqdm
 
@@ -103,9 +101,7 @@ def write_shards(
       del buffers[shard.name]
 
 
-def run(
-  options: dict[str, Any], source: sources.Source, settings: worker.Settings
-) -> dict[str, Any]:
+def run(options: dict[str, Any], source: sources.Source, settings: worker.Settings) -> dict[str, Any]:
   """Writes the dataset for `options` (the parsed CLI options) into `options['output']`.
 
   Returns:

@@ -125,14 +125,11 @@ def tfds_source(spec: str, name: str, split: str) -> Source:
   except Exception as e:  # noqa: BLE001 - any TFDS failure is one line for the user
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise SourceError(f"--source {spec}: {msg}") from None
-  image_key = next(
-    (k for k, f in info.features.items() if isinstance(f, tfds.features.Image)), None
-  )
+  image_key = next((k for k, f in info.features.items() if isinstance(f, tfds.features.Image)), None)
   if image_key is None:
     raise SourceError(f"--source {spec}: dataset has no image feature")
-  label_feature = info.features.get("label") if hasattr(info.features, "get") else None
-  has_label = label_feature is not None
-  num_labels = int(getattr(label_feature, "num_classes", 0) or 0) if has_label else 0
+  has_label = "label" in info.features.keys()
+  num_labels = int(getattr(info.features["label"], "num_classes", 0) or 0) if has_label else 0
   count = int(ds.cardinality().numpy())
   if count < 0:
     count = sum(1 for _ in ds)

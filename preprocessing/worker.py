@@ -66,9 +66,7 @@ def init_worker(settings: Settings) -> None:
     _sed = cv2.ximgproc.createStructuredEdgeDetection(settings.sed_model)
 
 
-def detect_boxes(
-  image: np.ndarray, settings: Settings, sed=None
-) -> tuple[np.ndarray, tuple[int, int]]:
+def detect_boxes(image: np.ndarray, settings: Settings, sed=None) -> tuple[np.ndarray, tuple[int, int]]:
   """Key-patch boxes of an RGB image [H, W, 3] in its detection frame.
 
   Returns:
