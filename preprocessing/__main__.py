@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 
 from preprocessing import detect, images, run, sources, worker, writer
 
@@ -131,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = run.run(options, source, make_settings(args))
   except (sources.SourceError, writer.OutputError) as e:
     parser.error(str(e))
+  except BrokenProcessPool as e:
+    print(f"{parser.prog}: error: a worker process died ({e}); rerun to resume", file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
     return 130

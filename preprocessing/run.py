@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import sys
-import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -16,13 +17,20 @@ from preprocessing import sources, worker, writer
 PREVIEW_DIR = "preview"
 # Options that do not change the dataset's content (left out of the resume check).
 NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet")
+CHUNK = 4  # items per task sent to a worker
+IN_FLIGHT_PER_WORKER = 8  # queued tasks per worker
 
 
-def bounded(items: Iterable[Any], semaphore: threading.Semaphore) -> Iterator[Any]:
-  """Yields items, taking one permit each (bounds how far a Pool's feeder runs ahead)."""
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+  """Consecutive lists of `size` items (the last may be shorter)."""
+  batch: list[Any] = []
   for item in items:
-    semaphore.acquire()
-    yield item
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
 
 
 def _init_tf() -> None:
@@ -37,17 +45,31 @@ def _init_tf() -> None:
     pass
 
 
-def start_pool(settings: worker.Settings, workers: int):
-  """A spawn-context Pool of `workers` initialised workers, or None for in-process work."""
+def start_pool(settings: worker.Settings, workers: int) -> ProcessPoolExecutor | None:
+  """A spawn-context executor of `workers` initialised processes, or None for in-process work.
+
+  A worker that dies (e.g. a crash in a decoder) breaks the executor, which
+  stops the run with an error instead of hanging; a rerun resumes.
+  """
   if workers <= 1:
     worker.init_worker(settings)
     return None
-  ctx = multiprocessing.get_context("spawn")
-  return ctx.Pool(workers, initializer=worker.init_worker, initargs=(settings,))
+  return ProcessPoolExecutor(
+    workers,
+    mp_context=multiprocessing.get_context("spawn"),
+    initializer=worker.init_worker,
+    initargs=(settings,),
+  )
 
 
-def process_all(pool, items: Iterable[sources.Item], workers: int, total: int, quiet: bool) -> Iterator[worker.Result]:
-  """Processes items on `pool` (None: in-process); results in item order, with a progress bar."""
+def process_all(
+  pool: ProcessPoolExecutor | None, items: Iterable[sources.Item], workers: int, total: int, quiet: bool
+) -> Iterator[worker.Result]:
+  """Processes items on `pool` (None: in-process); results in item order, with a progress bar.
+
+  At most `IN_FLIGHT_PER_WORKER * workers` chunks of `CHUNK` items are queued
+  at a time, so memory stays bounded for sources that carry decoded arrays.
+  """
   from tqdm import tqdm
 
   bar = tqdm(
@@ -65,14 +87,21 @@ def process_all(pool, items: Iterable[sources.Item], workers: int, total: int, q
         yield worker.process_item(item)
         bar.update(1)
       return
-    chunk = 4
-    permits = threading.Semaphore(max(256, 8 * chunk * workers))
-    for res in pool.imap(worker.process_item, bounded(items, permits), chunksize=chunk):
-      permits.release()
-      yield res
-      bar.update(1)
+    queue: collections.deque = collections.deque()
+    for batch in chunked(items, CHUNK):
+      queue.append(pool.submit(worker.process_items, batch))
+      if len(queue) >= IN_FLIGHT_PER_WORKER * workers:
+        yield from _drain_one(queue, bar)
+    while queue:
+      yield from _drain_one(queue, bar)
   finally:
     bar.close()
+
+
+def _drain_one(queue: collections.deque, bar) -> Iterator[worker.Result]:
+  results = queue.popleft().result()
+  yield from results
+  bar.update(len(results))
 
 
 def write_shards(
@@ -123,8 +152,7 @@ def run(options: dict[str, Any], source: sources.Source, settings: worker.Settin
     write_shards(out_dir, source, pending, owner, results)
   finally:
     if pool is not None:
-      pool.terminate()
-      pool.join()
+      pool.shutdown(wait=True, cancel_futures=True)
   info = {
     "source": options["source"],
     "options": recorded,

@@ -126,3 +126,8 @@ def process_item(item: sources.Item) -> Result:
   except (cv2.error, ValueError, MemoryError):
     return Result(index, "decode_error", None, None, -1)
   return Result(index, None, out, boxes, label)
+
+
+def process_items(items: list[sources.Item]) -> list[Result]:
+  """`process_item` over a small batch (one task, to amortise the IPC)."""
+  return [process_item(item) for item in items]

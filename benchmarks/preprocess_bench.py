@@ -1,0 +1,94 @@
+"""Throughput of `preprocessing` against raw OpenCV EdgeBoxes on the same images.
+
+  python benchmarks/preprocess_bench.py [--num-images 400] [--json]
+
+Measures, on the built-in synthetic faces at --min-side 128:
+  * raw: gradient edge map + `cv2.ximgproc` EdgeBoxes `getBoundingBoxes` on
+    pre-generated images, one thread, in this process;
+  * pipeline: the whole `preprocessing` run (generate, detect, filter, resize,
+    encode, write TFRecords) with 1 and 2 worker processes, TensorFlow already
+    imported (its import is a one-off ~5 s that this does not count).
+Targets: pipeline >= 80% of raw per worker, >= 1.8x on 2 workers. Each figure
+is the best of --repeats runs (the machine is shared and noisy).
+With --json the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from preprocessing import __main__ as cli  # noqa: E402
+from preprocessing import detect, run, sources, synthetic, worker  # noqa: E402
+
+
+def raw_edgeboxes_rate(images: list[np.ndarray], settings: worker.Settings) -> float:
+  """Images/s of edge map + EdgeBoxes alone on RGB [128, 128, 3] images."""
+  cv2.setNumThreads(1)
+  f = settings.box_filter
+  eb = cv2.ximgproc.createEdgeBoxes(
+    maxBoxes=worker.MAX_CANDIDATES, minBoxArea=f.min_area * 128 * 128, maxAspectRatio=f.max_aspect
+  )
+  t0 = time.perf_counter()
+  for image in images:
+    edges, orientation = detect.gradient_edges(image)
+    eb.getBoundingBoxes(edges, orientation)
+  return len(images) / (time.perf_counter() - t0)
+
+
+def pipeline_rate(num_images: int, workers: int) -> float:
+  """Images/s of a whole `preprocessing` run into a temporary directory."""
+  argv = ["--source", "synthetic", "--num-images", str(num_images), "--image-size", "64"]
+  argv += ["--min-side", "128", "--workers", str(workers), "--quiet", "--output", "unused"]
+  args = cli.build_parser().parse_args(argv)
+  with tempfile.TemporaryDirectory() as tmp:
+    options = vars(args) | {"output": tmp}
+    source = sources.open_source("synthetic", num_images=num_images, seed=args.seed)
+    t0 = time.perf_counter()
+    run.run(options, source, cli.make_settings(args))
+    return num_images / (time.perf_counter() - t0)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--num-images", type=int, default=400)
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--json", action="store_true")
+  a = p.parse_args()
+  run._init_tf()  # the one-off TensorFlow import, outside the timings
+  settings = worker.Settings()
+  images = [synthetic.make_face(0, i)[0] for i in range(a.num_images)]
+  raw, one, two = 0.0, 0.0, 0.0
+  for _ in range(a.repeats):
+    raw = max(raw, raw_edgeboxes_rate(images, settings))
+    one = max(one, pipeline_rate(a.num_images, 1))
+    two = max(two, pipeline_rate(a.num_images, 2))
+  result = {
+    "num_images": a.num_images,
+    "cpu_count": os.cpu_count(),
+    "raw_edgeboxes_images_per_s": round(raw, 2),
+    "images_per_s_1worker": round(one, 2),
+    "images_per_s_2workers": round(two, 2),
+    "images_per_s_per_worker_2workers": round(two / 2, 2),
+    "scaling": round(two / one, 3),
+    "fraction_of_raw_per_worker": round(one / raw, 3),
+    "overhead_fraction": round(1 - one / raw, 3),
+  }
+  print(f"raw EdgeBoxes (edge map + getBoundingBoxes), 1 thread: {raw:.1f} images/s")
+  print(f"pipeline, 1 worker:  {one:.1f} images/s ({one / raw:.0%} of raw; target >= 80%)")
+  print(f"pipeline, 2 workers: {two:.1f} images/s ({two / one:.2f}x; target >= 1.8x)")
+  if a.json:
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
