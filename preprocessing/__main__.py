@@ -23,6 +23,13 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def default_workers() -> int:
+  """The cores this process may use."""
+  if hasattr(os, "sched_getaffinity"):
+    return max(1, len(os.sched_getaffinity(0)))
+  return os.cpu_count() or 1
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="preprocessing", description=__doc__.splitlines()[0])
   a = p.add_argument
@@ -45,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   a("--test-count", type=int, default=128, help="images held out by id hash for the test split")
   a("--shard-size", type=int, default=1024, help="source images per shard")
-  a("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+  a("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
   a("--sed-model", default=None, help="structured-edge model (model.yml.gz); default: gradient")
   a("--preview", type=int, default=0, help="write K preview PNGs with boxes to OUTPUT/preview")
   a("--seed", type=int, default=0, help="seed of the synthetic source")
