@@ -257,8 +257,12 @@ def parallelize(fn: Callable, parallel: str = "pmap") -> Callable:
 
 
 def replicate(state: TrainState) -> TrainState:
-  """Copies the state onto every local device (leading device axis)."""
-  return flax.jax_utils.replicate(state)
+  """Copies the state onto every local device (leading device axis).
+
+  The sharding's axis name is the step's, so the first call of the step sees
+  the same input sharding as every later one (one compile per run).
+  """
+  return flax.jax_utils.replicate(state, axis_name=AXIS)
 
 
 def unreplicate(state: TrainState) -> TrainState:
@@ -366,13 +370,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(config, init_rng)
+  state = jax.jit(functools.partial(create_train_state, config))(init_rng)
   mngr = checkpoint.manager(workdir, max_to_keep=config.max_to_keep, save_every=config.checkpoint_every_steps)
   if mngr.latest_step() is not None:  # resume: state, then the data position, then go on
     state, _ = checkpoint.restore(mngr, state)
     logging.info("Resumed from step %d in %s", int(state.step), workdir)
   start = int(state.step)
-  batches = flax.jax_utils.prefetch_to_device(input_pipeline.train_iterator(meta, config, start), config.prefetch)
+  batches = flax.jax_utils.prefetch_to_device(
+    input_pipeline.train_iterator(meta, config, start), config.prefetch, axis_name=AXIS
+  )
   p_step = parallelize(step_fn(config, spe), config.parallel)
   generator, _ = models.build_models(config)
   generate = _generate_fn(generator)

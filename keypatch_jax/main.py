@@ -1,0 +1,72 @@
+"""Entry point: `python -m keypatch_jax.main --config configs/NAME.py --workdir DIR`.
+
+Parses flags, initialises JAX (multi-host when launched as several processes)
+and calls `train.train_and_evaluate`. Overrides: `--config.batch_size=32`.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _maybe_initialize_distributed() -> None:
+  """`jax.distributed.initialize()` when the environment describes several processes.
+
+  TPU VMs / SLURM / Open MPI are detected by JAX itself (set
+  KEYPATCH_DISTRIBUTED=1); a manual launch sets JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  import jax
+
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
+  elif os.environ.get("KEYPATCH_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from keypatch_jax import checkpoint, features, input_pipeline, train
+
+  _maybe_initialize_distributed()
+  import jax
+
+  logging.info(
+    "JAX process %d/%d, %d local devices (%s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.default_backend(),
+  )
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (
+    train.ConfigError,
+    input_pipeline.DataConfigError,
+    features.DatasetFormatError,
+    checkpoint.CheckpointError,
+    train.NonFiniteLossError,
+  ) as e:
+    print(f"keypatch_jax.main: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run() -> None:
+  """Console-script entry point (`keypatch-train`)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
