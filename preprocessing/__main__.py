@@ -121,6 +121,7 @@ def _check_sed_model(path: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """CLI entry point; returns 0, or exits 2 with a one-line error."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs quiet
   parser = build_parser()
   args = parser.parse_args(argv)
   msg = check_options(args)

@@ -54,12 +54,14 @@ def start_pool(settings: worker.Settings, workers: int) -> ProcessPoolExecutor |
   if workers <= 1:
     worker.init_worker(settings)
     return None
-  return ProcessPoolExecutor(
+  pool = ProcessPoolExecutor(
     workers,
     mp_context=multiprocessing.get_context("spawn"),
     initializer=worker.init_worker,
     initargs=(settings,),
   )
+  pool.submit(int)  # spawns the processes now, so they start while TensorFlow imports
+  return pool
 
 
 def process_all(
@@ -136,7 +138,6 @@ def run(options: dict[str, Any], source: sources.Source, settings: worker.Settin
   Returns:
     the dataset_info dict that was written.
   """
-
   out_dir = options["output"]
   recorded = {k: v for k, v in options.items() if k not in ("output",)}
   fingerprint = {k: v for k, v in options.items() if k not in NON_CONTENT_OPTIONS}
