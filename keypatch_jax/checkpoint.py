@@ -178,3 +178,42 @@ def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True
   restored = out["generator"]
   params = restored["ema_params"] if ema else restored["params"]
   return generator, {"params": params, "batch_stats": restored["batch_stats"]}, config, step
+
+
+def restore_discriminator(workdir: str, step: int | None = None):
+  """Restores only the discriminator (params, batch_stats) of a checkpoint, for evaluation.
+
+  Partial restore of the `rest` item: only its "d" params and batch_stats are
+  read (`PyTreeRestore(partial_restore=True)`); the Adam states are skipped.
+
+  Returns:
+    (KindsDiscriminator, variables {"params", "batch_stats"} with the per-kind
+     statistics [K, ...], config, step).
+
+  Raises:
+    CheckpointError: a one-line message when there is no workdir or checkpoint.
+  """
+  from keypatch_jax import train
+
+  if not os.path.isdir(workdir) and "://" not in workdir:
+    raise CheckpointError(f"workdir {workdir!r} does not exist")
+  config = read_config(workdir)
+  mngr = manager(workdir, read_only=True)
+  steps = mngr.all_steps()
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise CheckpointError(f"--step {step} not in {workdir!r} (available: {sorted(steps)})")
+  _, rest = _split(jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0))))
+  wanted = {"d": {"params": rest["d"]["params"], "batch_stats": rest["d"]["batch_stats"]}}
+  wanted = _abstract(wanted)
+  restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  out = mngr.restore(
+    step,
+    args=ocp.args.Composite(rest=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)),
+  )
+  mngr.close()
+  d = out["rest"]["d"]
+  _, discriminator = models.build_models(config)
+  return discriminator, {"params": d["params"], "batch_stats": d["batch_stats"]}, config, step

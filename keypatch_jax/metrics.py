@@ -48,3 +48,26 @@ def psnr(image, real, weight=None):
     weight.reshape(sq.shape[0], -1).sum(axis=1), 1.0
   )
   return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
+
+
+def generation_metrics(mask_pred, image, real, mask_true) -> dict:
+  """The per-image metrics of one generated batch [B] each (SPEC §5).
+
+  Args:
+    mask_pred: predicted mask [B, S, S, 1] in [0, 1] (the true mask for the
+      "no mask network" ablation).
+    image: generated [B, S, S, 3]; real: [B, S, S, 3], both in [-1, 1].
+    mask_true: the union of the true boxes [B, S, S, 1].
+
+  Returns:
+    mask_iou, mask_l1, masked_l1 and masked_psnr (inside the true mask),
+    image_l1 and image_psnr (the whole image).
+  """
+  return {
+    "mask_iou": mask_iou(mask_pred, mask_true),
+    "mask_l1": mask_l1(mask_pred, mask_true),
+    "masked_l1": image_l1(image, real, mask_true),
+    "masked_psnr": psnr(image, real, mask_true),
+    "image_l1": image_l1(image, real),
+    "image_psnr": psnr(image, real),
+  }

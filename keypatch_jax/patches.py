@@ -1,0 +1,188 @@
+"""Patch sets for sampling and evaluation (SPEC §5), shared by `sample` and `evaluate`.
+
+Every function is pure given its `np.random.Generator`. Shapes: images
+[B, S, S, 3] and patches [B, N, S, S, 3] in [-1, 1]; boxes [B, N, 4] as
+(x, y, w, h) in pixels of the S x S image.
+
+  key       the stored EdgeBox patches (`input_pipeline.eval_batches`).
+  random    random boxes passing the dataset's size filter (`random_boxes`).
+  combine   the N patches taken from N different images (`combine`).
+  noisy     key patches plus Gaussian noise (`add_noise`).
+  permute   the same patches in every order (`permutations`).
+  folder    the user's own patch images (`load_patch_folder`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from keypatch_jax import input_pipeline
+
+MODES = ("key", "random", "combine", "noisy", "permute")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class PatchError(ValueError):
+  """Patches cannot be made (one-line message naming the problem)."""
+
+
+def box_filter(info: dict[str, Any]) -> tuple[float, float, float]:
+  """(min_area, max_area, max_aspect) of a dataset, from `dataset_info.json["options"]`.
+
+  Falls back to the preprocessing defaults (0.05, 0.25, 3.0) for missing keys.
+  """
+  options = info.get("options") or {}
+  return (
+    float(options.get("min_area") or 0.05),
+    float(options.get("max_area") or 0.25),
+    float(options.get("max_aspect") or 3.0),
+  )
+
+
+def random_boxes(
+  rng: np.random.Generator,
+  count: int,
+  num_patches: int,
+  image_size: int,
+  min_area: float = 0.05,
+  max_area: float = 0.25,
+  max_aspect: float = 3.0,
+) -> np.ndarray:
+  """Random integer boxes that pass the preprocessing size filter.
+
+  Area fraction w*h/S^2 in [min_area, max_area] and 1/max_aspect <= w/h <=
+  max_aspect (the rules of `preprocessing.detect.shape_mask`), uniform
+  position inside the image.
+
+  Returns:
+    float32 [count, num_patches, 4] (x, y, w, h) in pixels.
+  """
+  s = image_size
+  total = count * num_patches
+  out = np.zeros((0, 4), np.float32)
+  for _ in range(1000):
+    k = 4 * (total - len(out)) + 16
+    area = rng.uniform(min_area, max_area, k) * s * s
+    log_ratio = rng.uniform(-np.log(max_aspect), np.log(max_aspect), k)
+    w = np.round(np.sqrt(area * np.exp(log_ratio)))
+    h = np.round(np.sqrt(area / np.exp(log_ratio)))
+    frac, ratio = w * h / (s * s), w / np.maximum(h, 1)
+    ok = (w >= 1) & (h >= 1) & (w <= s) & (h <= s) & (frac >= min_area) & (frac <= max_area)
+    ok &= (ratio >= 1.0 / max_aspect) & (ratio <= max_aspect)
+    w, h = w[ok], h[ok]
+    x = np.floor(rng.uniform(0, 1, len(w)) * (s - w + 1))
+    y = np.floor(rng.uniform(0, 1, len(h)) * (s - h + 1))
+    out = np.concatenate([out, np.stack([x, y, w, h], axis=1).astype(np.float32)])
+    if len(out) >= total:
+      return out[:total].reshape(count, num_patches, 4)
+  raise PatchError(
+    f"no {s}x{s} box has an area fraction in [{min_area}, {max_area}] and aspect <= {max_aspect}; "
+    "check the dataset's options"
+  )
+
+
+def crop(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """Crops and resizes (bicubic, as training does) each box: [B, S, S, 3], [B, N, 4] -> [B, N, S, S, 3]."""
+  s = images.shape[1]
+  return np.stack([np.asarray(input_pipeline.crop_patches(im, bx, s)) for im, bx in zip(images, boxes, strict=True)])
+
+
+def combine(patches: np.ndarray, boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+  """Part combination: output b takes patch i from image (b + i) mod B.
+
+  With B >= N the N patches of every output come from N different images.
+
+  Args:
+    patches: [B, N, S, S, 3].
+    boxes: optional [B, N, 4], recombined the same way.
+
+  Returns:
+    (patches [B, N, S, S, 3], boxes [B, N, 4] or None).
+  """
+  b, n = patches.shape[:2]
+  if b < n:
+    raise PatchError(f"combine needs at least N={n} images to take each patch from a different one, got {b}")
+  source = (np.arange(b)[:, None] + np.arange(n)[None, :]) % b  # [B, N]
+  slot = np.broadcast_to(np.arange(n), (b, n))
+  return patches[source, slot], None if boxes is None else np.asarray(boxes)[source, slot]
+
+
+def add_noise(rng: np.random.Generator, patches: np.ndarray, sigma: float) -> np.ndarray:
+  """Degraded patches: patches + N(0, sigma^2), clipped to [-1, 1]. Same shape."""
+  if sigma < 0:
+    raise PatchError(f"--noise {sigma}: must be >= 0")
+  noisy = patches + sigma * rng.standard_normal(patches.shape).astype(np.float32)
+  return np.clip(noisy, -1.0, 1.0).astype(np.float32)
+
+
+def permutations(num_patches: int, limit: int = 24) -> list[tuple[int, ...]]:
+  """Orders of N patches, the identity first, at most `limit` of them."""
+  return list(itertools.islice(itertools.permutations(range(num_patches)), limit))
+
+
+def load_patch_folder(folder: str, image_size: int) -> np.ndarray:
+  """The user's own patches: every image file in `folder` (sorted by name), resized to S x S.
+
+  Returns:
+    float32 [1, N, S, S, 3] in [-1, 1], N = the number of image files.
+
+  Raises:
+    PatchError: the folder is missing or empty, or a file cannot be decoded.
+  """
+  import cv2
+
+  if not os.path.isdir(folder):
+    raise PatchError(f"--patches {folder!r} is not a directory")
+  names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+  if not names:
+    raise PatchError(f"--patches {folder!r} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+  out = []
+  for name in names:
+    path = os.path.join(folder, name)
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+      raise PatchError(f"cannot read patch image {path!r} (not a decodable image)")
+    image = cv2.resize(image[..., ::-1], (image_size, image_size), interpolation=cv2.INTER_CUBIC)
+    out.append(np.clip(image.astype(np.float32) / 127.5 - 1.0, -1.0, 1.0))
+  return np.stack(out)[None]
+
+
+def make_patch_sets(
+  mode: str,
+  images: np.ndarray,
+  key_patches: np.ndarray,
+  boxes: np.ndarray,
+  info: dict,
+  *,
+  seed: int | Sequence[int],
+  noise: float,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+  """Patches of one mode for a batch of test images.
+
+  Args:
+    mode: one of `MODES` ("permute" returns the key patches).
+    images: [B, S, S, 3]; key_patches: [B, N, S, S, 3]; boxes: [B, N, 4].
+    info: the dataset's `dataset_info.json` (size filter of random boxes).
+
+  Returns:
+    (patches [B, N, S, S, 3], their boxes [B, N, 4] or None, the real image
+     they come from [B, S, S, 3] or None for part combination).
+  """
+  rng = np.random.default_rng(seed)
+  if mode in ("key", "permute"):
+    return key_patches, boxes, images
+  if mode == "noisy":
+    return add_noise(rng, key_patches, noise), boxes, images
+  if mode == "random":
+    b, n = boxes.shape[:2]
+    rand = random_boxes(rng, b, n, images.shape[1], *box_filter(info))
+    return crop(images, rand), rand, images
+  if mode == "combine":
+    combined, _ = combine(key_patches)
+    return combined, None, None
+  raise ValueError(f"unknown mode {mode!r}")
