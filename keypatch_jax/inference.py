@@ -4,6 +4,7 @@ a dataset, generate under `jax.jit`, and turn bad input into one-line errors."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable, Sequence
 
@@ -71,21 +72,26 @@ def load_run(
   return Run(generator, variables, config, step, meta)
 
 
-def generate_fn(generator: models.Generator, *, batch_stats: bool = False) -> Callable:
-  """Jitted `(variables, patches [B, N, S, S, 3], z [B, z_dim]) -> (mask | None, image)`.
+@functools.partial(jax.jit, static_argnames=("generator", "batch_stats"))
+def generate(variables: dict, patch_sets: jax.Array, z: jax.Array, *, generator: models.Generator, batch_stats: bool):
+  """(mask [B, S, S, 1] | None, image [B, S, S, 3]) from patches [B, N, S, S, 3] and z [B, z_dim].
 
   `batch_stats=True` normalises with the batch's own statistics as the
   official code samples (train=True; the updated statistics are discarded).
   """
+  if batch_stats:
+    out, _ = generator.apply(variables, patch_sets, z, train=True, mutable=["batch_stats"])
+    return out
+  return generator.apply(variables, patch_sets, z, train=False)
 
-  @jax.jit
-  def generate(variables, patch_sets, z):
-    if batch_stats:
-      out, _ = generator.apply(variables, patch_sets, z, train=True, mutable=["batch_stats"])
-      return out
-    return generator.apply(variables, patch_sets, z, train=False)
 
-  return generate
+def generate_fn(generator: models.Generator, *, batch_stats: bool = False) -> Callable:
+  """`generate` bound to a generator: `(variables, patches, z) -> (mask, image)`.
+
+  Jitted once per (generator, batch_stats, shapes): modules are hashable, so
+  calls from different commands in one process share the compiled function.
+  """
+  return functools.partial(generate, generator=generator, batch_stats=batch_stats)
 
 
 def noise(seed: int, index: int, batch: int, z_dim: int) -> np.ndarray:

@@ -119,11 +119,13 @@ def train_step(
     unchanged and metrics["nonfinite"] is 1 (the loop stops on it).
   """
   rng = jax.random.fold_in(rng, state.step)
-  if axis_name is not None:
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   real, other, patches = batch["image"], batch["other"], batch["patches"]
   b = real.shape[0]
-  z = jax.random.uniform(rng, (b, generator.z_dim), minval=-1.0, maxval=1.0)
+  # One z per example, keyed by its index in the global batch: the same draws
+  # whatever the number of devices (and the same z for the D and G passes).
+  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(b))
+  z = jax.vmap(lambda k: jax.random.uniform(k, (generator.z_dim,), minval=-1.0, maxval=1.0))(keys)
   mask_true = losses.mask_from_boxes(batch["boxes"], real.shape[1])
   epoch = state.step // steps_per_epoch
   lam = losses.lambda_schedule(epoch, num_epochs, lambda_start, lambda_end, lambda_scale)
@@ -227,7 +229,7 @@ def step_fn(config, steps_per_epoch: int, *, axis_name: str | None = AXIS) -> Ca
   )
 
 
-def parallelize(fn: Callable, parallel: str = "pmap") -> Callable:
+def parallelize(fn: Callable, parallel: str = "pmap", devices: Sequence[Any] | None = None) -> Callable:
   """The one place the per-device step is made data-parallel.
 
   Both forms take and return trees whose leaves have a leading local-device
@@ -237,14 +239,16 @@ def parallelize(fn: Callable, parallel: str = "pmap") -> Callable:
   Args:
     fn: (state, batch, rng) -> (state, metrics), using `lax.pmean(.., AXIS)`.
     parallel: "pmap", or "shard_map" (the same function over a 1-D device Mesh).
+    devices: the devices to run on (default: all local devices).
   """
+  devices = list(jax.local_devices() if devices is None else devices)
   if parallel == "pmap":
-    return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+    return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,), devices=devices)
   if parallel != "shard_map":
     raise ValueError(f"config.parallel must be 'pmap' or 'shard_map', got {parallel!r}")
   from jax.sharding import Mesh, PartitionSpec
 
-  mesh = Mesh(jax.local_devices(), (AXIS,))
+  mesh = Mesh(np.array(devices), (AXIS,))
   spec = PartitionSpec(AXIS)
 
   def per_device(state, batch, rng):
@@ -320,19 +324,29 @@ def num_train_steps(config, steps_per_epoch: int) -> int:
 
 
 class CompileCounter:
-  """Counts XLA backend compilations while active (jax.monitoring events)."""
+  """Counts traces and XLA compilations while `active` (jax.monitoring events).
 
-  _EVENT = "/jax/core/compile/backend_compile_duration"
+  A persistent compilation cache can turn a compile into a cache hit, so the
+  trace count is the robust "compiled once" signal.
+  """
+
+  _TRACE = "/jax/core/compile/jaxpr_trace_duration"
+  _COMPILE = "/jax/core/compile/backend_compile_duration"
 
   def __init__(self):
-    self.count = 0
+    self.traces = 0
+    self.compiles = 0
     self.seconds = 0.0
     self.active = False
     jax.monitoring.register_event_duration_secs_listener(self._listen)
 
   def _listen(self, event: str, duration: float, **_) -> None:
-    if self.active and event == self._EVENT:
-      self.count += 1
+    if not self.active:
+      return
+    if event == self._TRACE:
+      self.traces += 1
+    elif event == self._COMPILE:
+      self.compiles += 1
       self.seconds += duration
 
 
@@ -462,7 +476,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     "preempted": bool(preempted),
     "steps_per_s": timed / elapsed if elapsed > 0 else float("nan"),
     "images_per_s": timed * config.batch_size / elapsed if elapsed > 0 else float("nan"),
-    "compiles": counter.count,
+    "traces": counter.traces,
+    "compiles": counter.compiles,
     "compile_s": counter.seconds,
     **iou,
   }

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny dataset written by the real preprocessing, and a
+tiny trained workdir (both built once per test process)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TINY_IMAGES = 96
+TINY_TEST = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> str:
+  """A 16x16, N=3 synthetic dataset (80 train / 16 test) from `python -m preprocessing`."""
+  from preprocessing.__main__ import main
+
+  out = str(tmp_path_factory.mktemp("tiny_data"))
+  argv = [
+    "--source",
+    "synthetic",
+    "--num-images",
+    str(TINY_IMAGES),
+    "--image-size",
+    "16",
+    "--test-count",
+    str(TINY_TEST),
+    "--workers",
+    "1",
+    "--output",
+    out,
+    "--quiet",
+  ]
+  assert main(argv) == 0
+  return out
+
+
+def tiny_config(data_dir: str, **overrides):
+  """configs/tiny.py pointed at `data_dir`, with dotted-key overrides."""
+  from configs import tiny
+
+  config = tiny.get_config()
+  config.data_dir = data_dir
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tiny_data, tmp_path_factory) -> str:
+  """A workdir with checkpoints from a real 4-step tiny training run."""
+  from keypatch_jax import train
+
+  workdir = str(tmp_path_factory.mktemp("tiny_work"))
+  train.train_and_evaluate(tiny_config(tiny_data), workdir)
+  return workdir

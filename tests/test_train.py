@@ -1,0 +1,282 @@
+"""Training: step, data parallelism, resume, preemption, NaN guard, configs, CLI errors."""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from keypatch_jax import checkpoint, input_pipeline, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+  os.path.splitext(os.path.basename(p))[0]
+  for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+  if not p.endswith("__init__.py")
+)
+
+
+def _params(state):
+  return jax.device_get({"g": state.g.params, "d": state.d.params, "ema": state.ema_params})
+
+
+def _assert_trees_close(a, b, atol):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+def test_train_end_to_end_on_real_tfrecords(tiny_data, tmp_path):
+  """4 steps of the real loop on TFRecords from the real preprocessing."""
+  workdir = str(tmp_path / "work")
+  summary = train.train_and_evaluate(tiny_config(tiny_data), workdir)
+  assert summary["step"] == 4
+  assert summary["traces"] == 1 and summary["compiles"] <= 1  # one compile per run
+  assert 0.0 <= summary["mask_iou"] <= 1.0
+  mngr = checkpoint.manager(workdir, read_only=True)
+  assert sorted(mngr.all_steps()) == [2, 4]
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+  generator, variables, config, step = checkpoint.restore_generator(workdir)
+  assert step == 4 and config.image_size == 16
+
+
+def test_pmap_four_devices_equals_one_device(tiny_data):
+  """The same global batch on 4 devices and on 1 gives the same parameters."""
+  assert jax.local_device_count() == 4
+  config = tiny_config(tiny_data)
+  meta = input_pipeline.load_meta(tiny_data)
+  batch = next(input_pipeline.train_iterator(meta, config))  # [4, 2, ...]
+  state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
+  results = {}
+  for devices in (jax.local_devices(), jax.local_devices()[:1]):
+    n = len(devices)
+    step = train.parallelize(train.step_fn(config, 10), "pmap", devices=devices)
+    local = {k: v.reshape(n, -1, *v.shape[2:]) for k, v in batch.items()}
+    pstate = jax.tree.map(lambda x, n=n: jnp.stack([x] * n), state)
+    pstate, metrics = step(pstate, local, jax.random.key(1))
+    results[n] = (_params(train.unreplicate(pstate)), jax.device_get(metrics))
+  _assert_trees_close(results[4][0], results[1][0], atol=1e-4)
+  np.testing.assert_allclose(results[4][1]["g_loss"][0], results[1][1]["g_loss"][0], rtol=1e-4)
+
+
+def test_shard_map_matches_pmap(tiny_data):
+  """`config.parallel='shard_map'` runs the same per-device step to the same result."""
+  config = tiny_config(tiny_data)
+  meta = input_pipeline.load_meta(tiny_data)
+  batch = next(input_pipeline.train_iterator(meta, config))
+  state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
+  out = {}
+  for parallel in ("pmap", "shard_map"):
+    step = train.parallelize(train.step_fn(config, 10), parallel)
+    pstate, _ = step(train.replicate(state), batch, jax.random.key(1))
+    out[parallel] = _params(train.unreplicate(pstate))
+  _assert_trees_close(out["pmap"], out["shard_map"], atol=1e-5)
+
+
+def test_exact_resume(tiny_data, tmp_path):
+  """4 steps == 2 steps, restart, 2 more steps: bit-equal parameters."""
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config(tiny_data, num_train_steps=4), straight)
+  train.train_and_evaluate(tiny_config(tiny_data, num_train_steps=2), resumed)
+  summary = train.train_and_evaluate(tiny_config(tiny_data, num_train_steps=4), resumed)
+  assert summary["step"] == 4
+  template = jax.jit(lambda r: train.create_train_state(tiny_config(tiny_data), r))(jax.random.key(0))
+  states = [checkpoint.restore(checkpoint.manager(d, read_only=True), template)[0] for d in (straight, resumed)]
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_input_pipeline_resumes_at_any_step(tiny_data):
+  """The batch stream from step k equals the stream from 0 advanced by k (across epochs)."""
+  config = tiny_config(tiny_data)
+  meta = input_pipeline.load_meta(tiny_data)
+  spe = input_pipeline.steps_per_epoch(meta, config.batch_size)
+  full = input_pipeline.train_iterator(meta, config)
+  batches = [next(full) for _ in range(spe + 3)]
+  for k in (1, spe + 1):
+    it = input_pipeline.train_iterator(meta, config, start_step=k)
+    for expected in batches[k : k + 2]:
+      got = next(it)
+      for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=f"step {k} {key}")
+
+
+def test_flip_keeps_patches_and_boxes_consistent(tiny_data):
+  """A flipped example's patches are the flipped original's patches; y' is not in the batch."""
+  tf = input_pipeline._tf()
+  s = 16
+  image = tf.random.uniform([s, s, 3], -1.0, 1.0, seed=1)
+  boxes = tf.constant([[1.0, 2.0, 6.0, 5.0], [8.0, 8.0, 7.0, 4.0]])
+  patches = input_pipeline.crop_patches(image, boxes, s)
+  f_image, f_boxes = input_pipeline.flip_example(image, boxes, s)
+  f_patches = input_pipeline.crop_patches(f_image, f_boxes, s)
+  np.testing.assert_allclose(f_patches.numpy(), patches.numpy()[:, :, ::-1], atol=1e-5)
+  np.testing.assert_allclose(f_boxes.numpy()[:, 0], [s - 1 - 6, s - 8 - 7])
+
+
+def test_other_real_comes_from_outside_the_batch(tiny_data):
+  config = tiny_config(tiny_data, batch_size=16)
+  meta = input_pipeline.load_meta(tiny_data)
+  it = input_pipeline.train_iterator(meta, config)
+  for _ in range(3):
+    batch = next(it)
+    images = batch["image"].reshape(-1, 16 * 16 * 3)
+    others = batch["other"].reshape(-1, 16 * 16 * 3)
+    same = (np.abs(images[:, None] - others[None]).max(axis=-1) == 0).any()
+    assert not same
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_builds_and_its_step_traces(name):
+  """Each config's model and step trace (shapes only) at its own S on a tiny batch."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  train.validate_config(config)
+  state = jax.eval_shape(lambda r: train.create_train_state(config, r), jax.random.key(0))
+  s, n, b = config.image_size, config.num_patches, 2
+  batch = {
+    "image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
+    "other": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
+    "patches": jax.ShapeDtypeStruct((b, n, s, s, 3), jnp.float32),
+    "boxes": jax.ShapeDtypeStruct((b, n, 4), jnp.float32),
+  }
+  new_state, metrics = jax.eval_shape(train.step_fn(config, 10, axis_name=None), state, batch, jax.random.key(1))
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert "g_loss" in metrics and "nonfinite" in metrics
+
+
+ABLATIONS = {
+  "naive_gan": {"loss.fakes": ("G",)},
+  "official_fakes": {"loss.fakes": ("G", "SR", "RS")},
+  "no_mask_net": {"model.use_mask_net": False},
+  "autoencoder": {"loss.adversarial": False},
+  "g_first": {"g_first": True},
+  "official_order": {"d_steps": 2, "g_steps": 1},
+  "no_bn_sync": {"model.sync_batchnorm": False},
+  "transpose_conv": {"model.upsample": "transpose"},
+  "bfloat16": {"model.dtype": "bfloat16"},
+  "sum_reduction": {"loss.reduction": "sum", "loss.lambda_scale": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablations_trace(tiny_data, name):
+  config = tiny_config(tiny_data, **ABLATIONS[name])
+  state = jax.eval_shape(lambda r: train.create_train_state(config, r), jax.random.key(0))
+  batch = {
+    "image": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
+    "other": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
+    "patches": jax.ShapeDtypeStruct((2, 3, 16, 16, 3), jnp.float32),
+    "boxes": jax.ShapeDtypeStruct((2, 3, 4), jnp.float32),
+  }
+  _, metrics = jax.eval_shape(train.step_fn(config, 10, axis_name=None), state, batch, jax.random.key(1))
+  assert metrics["g_loss"].dtype == jnp.float32
+
+
+def _one_step(config, batch):
+  state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
+  step = jax.jit(train.step_fn(config, 10, axis_name=None))
+  return state, step(state, batch, jax.random.key(1))
+
+
+def _host_batch(tiny_data, config):
+  meta = input_pipeline.load_meta(tiny_data)
+  batch = next(input_pipeline.train_iterator(meta, config))
+  return {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
+
+
+def test_nan_guard_keeps_state_and_flags(tiny_data):
+  config = tiny_config(tiny_data)
+  batch = _host_batch(tiny_data, config)
+  batch["image"] = batch["image"].copy()
+  batch["image"][0, 0, 0, 0] = np.nan
+  state, (new_state, metrics) = _one_step(config, batch)
+  assert float(metrics["nonfinite"]) == 1.0
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new_state), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bfloat16_step_has_finite_losses(tiny_data):
+  config = tiny_config(tiny_data, **{"model.dtype": "bfloat16"})
+  _, (_, metrics) = _one_step(config, _host_batch(tiny_data, config))
+  assert float(metrics["nonfinite"]) == 0.0
+  assert np.isfinite(float(metrics["g_loss"])) and np.isfinite(float(metrics["d_loss"]))
+
+
+def test_nan_in_loop_stops_with_message_and_keeps_last_checkpoint(tiny_data, tmp_path):
+  workdir = str(tmp_path / "nan")
+  config = tiny_config(tiny_data, learning_rate=1e38, checkpoint_every_steps=1, log_every_steps=1)
+  with pytest.raises(train.NonFiniteLossError, match="non-finite loss at step"):
+    train.train_and_evaluate(config, workdir)
+  mngr = checkpoint.manager(workdir, read_only=True)
+  assert mngr.all_steps()
+  checkpoint.restore_generator(workdir)  # the last good checkpoint restores
+
+
+def _cli(args, **kwargs):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.Popen(
+    [sys.executable, "-m", "keypatch_jax.main", "--config", os.path.join(REPO, "configs", "tiny.py"), *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+    cwd=REPO,
+    **kwargs,
+  )
+
+
+def test_sigterm_saves_a_restorable_checkpoint(tiny_data, tmp_path):
+  workdir = str(tmp_path / "preempt")
+  proc = _cli(
+    [
+      "--workdir",
+      workdir,
+      f"--config.data_dir={tiny_data}",
+      "--config.num_train_steps=100000",
+      "--config.checkpoint_every_steps=100000",
+      "--config.log_every_steps=1",
+    ]
+  )
+  deadline = time.time() + 240
+  events = os.path.join(workdir, "events.out.tfevents.*")
+  while time.time() < deadline and proc.poll() is None:
+    # the loop is running once scalars for a few steps have been written
+    files = glob.glob(events)
+    if files and os.path.getsize(files[0]) > 2000:
+      break
+    time.sleep(1)
+  assert proc.poll() is None, proc.communicate()[1][-2000:]
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  steps = checkpoint.manager(workdir, read_only=True).all_steps()
+  assert len(steps) == 1 and 0 < steps[0] < 100000
+  _, _, _, step = checkpoint.restore_generator(workdir)
+  assert step == steps[0]
+
+
+@pytest.mark.parametrize(
+  "args, expected",
+  [
+    (["--config.data_dir=/nonexistent/data"], "/nonexistent/data"),
+    (["--config.loss.reduction=median"], "loss.reduction"),
+    (["--config.batch_size=7"], "batch_size=7"),
+  ],
+)
+def test_bad_config_or_data_is_a_one_line_error(tiny_data, tmp_path, args, expected):
+  full = [f"--config.data_dir={tiny_data}", *args] if "data_dir" not in args[0] else args
+  proc = _cli(["--workdir", str(tmp_path / "w"), *full])
+  _, err = proc.communicate(timeout=180)
+  assert proc.returncode == 1
+  assert "Traceback" not in err
+  lines = [line for line in err.splitlines() if line.startswith("keypatch_jax.main: error:")]
+  assert len(lines) == 1 and expected in lines[0], err[-2000:]
