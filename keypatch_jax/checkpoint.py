@@ -205,6 +205,8 @@ def restore_discriminator(workdir: str, step: int | None = None):
   step = max(steps) if step is None else step
   if step not in steps:
     raise CheckpointError(f"--step {step} not in {workdir!r} (available: {sorted(steps)})")
+  if not os.path.isdir(os.path.join(mngr.directory, str(step), "rest")) and "://" not in workdir:
+    raise CheckpointError(f"checkpoint {step} in {workdir!r} has no discriminator (its `rest` item is missing)")
   _, rest = _split(jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0))))
   wanted = {"d": {"params": rest["d"]["params"], "batch_stats": rest["d"]["batch_stats"]}}
   wanted = _abstract(wanted)

@@ -48,12 +48,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def discriminator_fn(workdir: str, step: int):
-  """Jitted `(real, generated) -> (sigmoid scores [B], [B])` of the checkpoint's discriminator.
+  """Jitted `(real, generated) -> (sigmoid scores [B], [B])` of the checkpoint's discriminator, or None.
 
   Eval mode; each kind uses its own running statistics (real: row 0, the
   generated image: the row of "G"), as in training.
   """
-  discriminator, variables, config, _ = checkpoint.restore_discriminator(workdir, step)
+  try:
+    discriminator, variables, config, _ = checkpoint.restore_discriminator(workdir, step)
+  except checkpoint.CheckpointError as e:
+    print(f"{PROG}: warning: no d_*_score: {e}", file=sys.stderr)
+    return None
   g_row = 1 + list(config.loss.fakes).index("G")
 
   def score(images, row):
