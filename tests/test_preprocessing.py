@@ -208,8 +208,9 @@ def test_folder_with_bad_inputs_never_stops_and_counts_reasons(tmp_path):
   rejects = info["rejects"]
   for reason, n in expected.items():
     assert rejects.get(reason) == n, rejects
-  # flat.bmp and palette.png (a checkerboard) may or may not yield 3 boxes.
+  # flat.bmp has no edges at all; palette.png (a checkerboard) may or may not yield 3 boxes.
   assert set(rejects) <= set(expected) | {"too_few_boxes"}
+  assert 1 <= rejects["too_few_boxes"] <= 2
   total = info["counts"]["train"] + info["counts"]["test"] + sum(rejects.values())
   assert total == 16 and info["num_source_images"] == 16
   assert info["counts"]["train"] + info["counts"]["test"] >= 10  # faces, gray, deep, alpha, big
