@@ -116,9 +116,7 @@ def format_table(result: dict[str, float]) -> str:
     row = [result.get(p + name) for p in PREFIXES.values()]
     lines.append(f"{name:<14}" + "".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in row))
   prefixed = {p + n for p in PREFIXES.values() for n in names}
-  lines += [
-    f"{k:<24}{v:>10.4f}" if isinstance(v, float) else f"{k:<24}{v:>10}" for k, v in result.items() if k not in prefixed
-  ]
+  lines += [f"{k:<24}{v:>10.4g}" for k, v in result.items() if k not in prefixed]
   return "\n".join(lines)
 
 
@@ -148,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
   """Console-script entry point (`keypatch-evaluate`)."""
+  inference.quiet_logs()
   sys.exit(main())
 
 

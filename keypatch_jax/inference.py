@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -108,3 +109,16 @@ def cli(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[s
     message = " ".join(str(e).split())
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 1
+
+
+def quiet_logs() -> None:
+  """For console runs: keeps TensorFlow's C++ banner and Orbax's absl warnings off stderr.
+
+  Call before TensorFlow is imported. oneDNN is off for TensorFlow only (it
+  just crops and resizes patches on the host here); JAX is unaffected.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  from absl import logging
+
+  logging.set_verbosity(logging.ERROR)

@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
   """Console-script entry point."""
+  inference.quiet_logs()
   sys.exit(main())
 
 

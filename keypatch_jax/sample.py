@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
   """Console-script entry point (`keypatch-sample`)."""
+  inference.quiet_logs()
   sys.exit(main())
 
 

@@ -1,0 +1,78 @@
+"""`python -m keypatch_jax.evaluate`: metrics on hand-made cases, then a real run on a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from keypatch_jax import evaluate, losses, metrics
+
+REQUIRED = ("mask_iou", "mask_l1", "masked_psnr", "image_psnr", "order_consistency", "num_images")
+
+
+def _case():
+  boxes = np.array([[[2, 3, 5, 4], [8, 8, 4, 6]]], np.float32)  # [1, N=2, 4] in a 16x16 image
+  true = np.asarray(losses.mask_from_boxes(boxes, 16))
+  real = np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)
+  return true, real
+
+
+def test_perfect_prediction():
+  true, real = _case()
+  m = {k: float(v[0]) for k, v in metrics.generation_metrics(true, real, real, true).items()}
+  assert true.sum() == 5 * 4 + 4 * 6
+  assert m["mask_iou"] == 1.0 and m["mask_l1"] == 0.0
+  assert m["masked_l1"] == 0.0 and m["image_l1"] == 0.0
+  assert np.isfinite(m["image_psnr"]) and m["image_psnr"] >= 100.0  # capped, not inf
+  assert np.isfinite(m["masked_psnr"]) and m["masked_psnr"] >= 100.0
+
+
+def test_known_answers():
+  true, real = _case()
+  half = true.copy()
+  half[0, 3:7, 2:7] = 0.0  # drop the first box (20 of 44 pixels)
+  soft = np.where(true > 0, 0.75, 0.0).astype(np.float32)  # right support, wrong confidence
+  image = real.copy()
+  image[true[..., 0] > 0] += 0.5  # error 0.5 inside the mask only -> MSE 0.25 there
+  m = {k: float(v[0]) for k, v in metrics.generation_metrics(half, image, real, true).items()}
+  assert np.isclose(m["mask_iou"], 24 / 44)
+  assert np.isclose(m["mask_l1"], 20 / 256)
+  assert np.isclose(m["masked_l1"], 0.5) and np.isclose(m["masked_psnr"], 10 * np.log10(4 / 0.25), atol=1e-4)
+  assert np.isclose(m["image_l1"], 0.5 * 44 / 256)
+  assert float(metrics.mask_iou(soft, true)[0]) == 1.0
+  assert np.isclose(float(metrics.mask_l1(soft, true)[0]), 0.25 * 44 / 256)
+
+
+def test_evaluate_a_checkpoint(trained_workdir, tiny_data, tmp_path, capsys):
+  out = tmp_path / "metrics.json"
+  assert evaluate.main(["--workdir", trained_workdir, "--data", tiny_data, "--output", str(out)]) == 0
+  result = json.loads(out.read_text())
+  printed = capsys.readouterr().out.strip().splitlines()
+  assert json.loads(printed[-1]) == result
+  assert all(k in result for k in REQUIRED)
+  assert result["num_images"] == 16 and result["step"] == 4
+  for prefix in ("", "random_", "noisy_"):
+    assert 0.0 <= result[prefix + "mask_iou"] <= 1.0
+    assert 0.0 <= result[prefix + "mask_l1"] <= 1.0
+  assert result["order_consistency"] < 1e-3  # eval-mode generator is permutation invariant
+  assert 0.0 < result["d_real_score"] < 1.0 and 0.0 < result["d_fake_score"] < 1.0
+
+
+def test_evaluate_without_optimizer_state_skips_only_d(trained_workdir, tiny_data, tmp_path, capsys):
+  workdir = tmp_path / "work"
+  shutil.copytree(trained_workdir, workdir)
+  shutil.rmtree(workdir / "checkpoints" / "4" / "rest")
+  argv = ["--workdir", str(workdir), "--data", tiny_data, "--limit", "4", "--batch-size", "4"]
+  assert evaluate.main(argv) == 0
+  captured = capsys.readouterr()
+  result = json.loads(captured.out.strip().splitlines()[-1])
+  assert result["num_images"] == 4 and "d_real_score" not in result
+  assert "no d_*_score" in captured.err
+
+
+def test_bad_data_is_one_line_error(trained_workdir, tmp_path, capsys):
+  assert evaluate.main(["--workdir", trained_workdir, "--data", str(tmp_path)]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("keypatch_jax.evaluate: error: ")
