@@ -271,7 +271,11 @@ def replicate(state: TrainState) -> TrainState:
 
 def unreplicate(state: TrainState) -> TrainState:
   """The first device's copy of a replicated state."""
-  return flax.jax_utils.unreplicate(state)
+  def first(x):
+    shard = x.addressable_data(0) if isinstance(x, jax.Array) else x
+    return shard[0] if shard.ndim == x.ndim else shard  # a 1-device "shard" keeps its axis
+
+  return jax.tree.map(first, state)
 
 
 # --------------------------------------------------------------------------
