@@ -81,9 +81,14 @@ def _main(argv: Sequence[str] | None) -> int:
   import cv2
 
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  if not cv2.imwrite(args.output, grid[..., ::-1]):
+  try:
+    written = cv2.imwrite(args.output, grid[..., ::-1])
+  except cv2.error:
+    written = False
+  if not written:
     raise patches.PatchError(f"cannot write {args.output!r} (use a .png name in a writable directory)")
-  print(f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}, mode {args.mode}, step {run.step})")
+  source = f"patches {args.patches}" if args.patches else f"mode {args.mode}"
+  print(f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}, {source}, step {run.step})")
   return 0
 
 
