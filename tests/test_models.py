@@ -308,13 +308,23 @@ def test_subpixel_rejects_non_doubling_padding():
 
 def test_generator_subpixel_and_transpose_agree():
   """The whole generator gives the same outputs with either UpConv form."""
-  gen = models.Generator(**SMALL, subpixel=False)
   patches, z = _inputs(jax.random.key(3), BATCH, 3, SMALL["image_size"], SMALL["z_dim"])
-  variables = _init(gen, patches, z, train=False)
-  for train in (False, True):
-    outs = [_apply(models.Generator(**SMALL, subpixel=s), variables, patches, z, train=train) for s in (False, True)]
-    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  native, subpixel = (models.Generator(**SMALL, subpixel=s) for s in (False, True))
+
+  @jax.jit
+  def run(patches, z):  # one compilation for init and all four forwards
+    variables = native.init(jax.random.key(0), patches, z, train=False)
+    return [
+      (
+        gen.apply(variables, patches, z, train=False),
+        gen.apply(variables, patches, z, train=True, mutable=["batch_stats"]),
+      )
+      for gen in (native, subpixel)
+    ]
+
+  outs = run(patches, z)
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -347,16 +357,23 @@ def test_jitted_forward_compiles_once():
 
 def test_discriminator_shapes():
   disc = models.Discriminator(image_size=32, conv_dim=8)
-  images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
-  variables = _init(disc, images, train=False)
-  logits = _apply(disc, variables, images, train=False)
-  assert logits.shape == (3,) and logits.dtype == jnp.float32
   kinds = models.KindsDiscriminator(image_size=32, conv_dim=8)
   stacked = jax.random.normal(jax.random.key(0), (4, 3, 32, 32, 3))
-  kv = _init(kinds, stacked, train=False)
-  assert _apply(kinds, kv, stacked, train=False).shape == (4, 3)
-  logits, state = _apply(kinds, kv, stacked, train=True)
-  assert logits.shape == (4, 3)
+
+  @jax.jit
+  def run(stacked):
+    dv = disc.init(jax.random.key(1), stacked[0], train=False)
+    kv = kinds.init(jax.random.key(1), stacked, train=False)
+    return (
+      disc.apply(dv, stacked[0], train=False),
+      kinds.apply(kv, stacked, train=False),
+      kinds.apply(kv, stacked, train=True, mutable=["batch_stats"]),
+    )
+
+  plain_logits, kinds_logits, (train_logits, state) = run(stacked)
+  assert plain_logits.shape == (3,) and plain_logits.dtype == jnp.float32
+  assert kinds_logits.shape == train_logits.shape == (4, 3)
+  assert kinds_logits.dtype == train_logits.dtype == jnp.float32
   # One set of running averages per kind.
   assert all(leaf.shape[0] == 4 for leaf in jax.tree.leaves(state["batch_stats"]))
 
@@ -369,17 +386,28 @@ def test_kinds_discriminator_has_per_kind_batch_statistics():
   # Kinds with very different statistics, so pooling them would show.
   offsets = jnp.arange(k, dtype=jnp.float32)[:, None, None, None, None]
   images = jax.random.normal(jax.random.key(0), (k, b, size, size, 3)) * (1 + offsets) + offsets
-  variables = _init(kinds, images, train=False)
-  # Distinct running averages per kind, so slicing the right one matters.
-  variables["batch_stats"] = jax.tree.map(
-    lambda s: s + jnp.arange(k, dtype=s.dtype).reshape((k,) + (1,) * (s.ndim - 1)),
-    variables["batch_stats"],
-  )
-  logits, state = _apply(kinds, variables, images, train=True)
-  params = variables["params"]["disc"]
-  for i in range(k):
-    stats_i = jax.tree.map(lambda s, i=i: s[i], variables["batch_stats"]["disc"])
-    alone, new = _apply(plain, {"params": params, "batch_stats": stats_i}, images[i], train=True)
+  train = functools.partial(nn.Module.apply, train=True, mutable=["batch_stats"])
+
+  @jax.jit
+  def run(images):  # one compilation for everything below
+    variables = kinds.init(jax.random.key(1), images, train=False)
+    # Distinct running averages per kind, so slicing the right one matters.
+    stats = jax.tree.map(
+      lambda s: s + jnp.arange(k, dtype=s.dtype).reshape((k,) + (1,) * (s.ndim - 1)),
+      variables["batch_stats"]["disc"],
+    )
+    params = variables["params"]["disc"]
+    together = train(kinds, {"params": variables["params"], "batch_stats": {"disc": stats}}, images)
+    per_kind = [
+      train(plain, {"params": params, "batch_stats": jax.tree.map(lambda s, i=i: s[i], stats)}, x)
+      for i, x in enumerate(images)
+    ]
+    first = jax.tree.map(lambda s: s[0], stats)
+    pooled = train(plain, {"params": params, "batch_stats": first}, images.reshape(k * b, *images.shape[2:]))
+    return together, per_kind, pooled[0].reshape(k, b)
+
+  (logits, state), per_kind, pooled = run(images)
+  for i, (alone, new) in enumerate(per_kind):
     np.testing.assert_allclose(logits[i], alone, rtol=1e-5, atol=1e-5)
     for a, c in zip(
       jax.tree.leaves(jax.tree.map(lambda s, i=i: s[i], state["batch_stats"]["disc"])),
@@ -388,11 +416,7 @@ def test_kinds_discriminator_has_per_kind_batch_statistics():
     ):
       np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
   # Pooling all kinds into one batch is a different model: the logits differ.
-  stats_0 = jax.tree.map(lambda s: s[0], variables["batch_stats"]["disc"])
-  pooled, _ = _apply(
-    plain, {"params": params, "batch_stats": stats_0}, images.reshape(k * b, size, size, 3), train=True
-  )
-  assert float(jnp.abs(pooled.reshape(k, b) - logits).max()) > 1e-3
+  assert float(jnp.abs(pooled - logits).max()) > 1e-3
 
 
 # ---------------------------------------------------------------------------
