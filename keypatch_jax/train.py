@@ -9,7 +9,8 @@ G). The discriminator sees the real image and every kind of fake in one
 statistics are averaged over the device axis with `lax.pmean`; the wrapper
 (`parallelize`) is the one place that applies `jax.pmap` (or `shard_map`).
 
-The loop itself lives in `loop.py`; this module holds only pure functions.
+`train_and_evaluate` (the loop: input, checkpoints, logging, NaN guard,
+preemption) is at the end of the module; everything above it is pure.
 """
 
 from __future__ import annotations
@@ -256,7 +257,9 @@ def parallelize(fn: Callable, parallel: str = "pmap", devices: Sequence[Any] | N
     new_state, metrics = fn(squeeze(state), squeeze(batch), rng)
     return jax.tree.map(lambda x: x[None], (new_state, metrics))
 
-  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=spec)
+  # check_vma=False: the BatchNorm pmean also names the nn.vmap patch axis, which the
+  # varying-axes checker does not track.
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=spec, check_vma=False)
   return jax.jit(mapped, donate_argnums=(0,))
 
 
@@ -271,6 +274,7 @@ def replicate(state: TrainState) -> TrainState:
 
 def unreplicate(state: TrainState) -> TrainState:
   """The first device's copy of a replicated state."""
+
   def first(x):
     shard = x.addressable_data(0) if isinstance(x, jax.Array) else x
     return shard[0] if shard.ndim == x.ndim else shard  # a 1-device "shard" keeps its axis
@@ -417,9 +421,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if float(m["nonfinite"][0]) > 0:
         bad = {k: float(v[0]) for k, v in m.items() if not np.isfinite(float(v[0]))}
         kept = mngr.latest_step()
+        kept = "none saved yet" if kept is None else f"step {kept} in {workdir}"
         raise NonFiniteLossError(
           f"non-finite loss at step {step - len(fetched) + i + 1} ({bad}); stopped. Last good "
-          f"checkpoint: step {kept} in {workdir} (lower the learning rate or check the data)"
+          f"checkpoint: {kept} (lower the learning rate or check the data)"
         )
     return {k: float(np.mean([m[k][0] for m in fetched])) for k in fetched[-1]}
 
@@ -448,12 +453,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         t0, t0_step = time.perf_counter(), step
         grid_batch = jax.tree.map(lambda x: np.asarray(x[0][:8]), batch)
       report(step)
-      last = step == total or bool(preempted)
+      stop = bool(preempted)  # read once: the signal may arrive at any point of this iteration
+      last = step == total or stop
       if step % config.log_every_steps == 0 or last:
         scalars = check(pending, step)
         pending = []
         writer.write_scalars(step, scalars)
-      if step % config.image_every_steps == 0 or last:
+      if step % config.image_every_steps == 0 or (last and not stop):
         state_now = unreplicate(pstate)
         grid = _grid(generate, state_now, grid_batch, config, visualize)
         writer.write_images(step, {"samples": grid[None]})
@@ -462,7 +468,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         pending = []
         checkpoint.save(mngr, unreplicate(pstate), meta_for(step), force=last)
         last_saved = step
-      if preempted:
+      if stop:
         logging.warning("SIGTERM: saved step %d, exiting", step)
         break
   finally:
@@ -473,7 +479,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
   timed = step - t0_step if t0 is not None else 0
   final = unreplicate(pstate)
-  iou = evaluate_mask_iou(generate, final, meta, config, metrics, input_pipeline)
+  if preempted:  # leave within the preemption grace period
+    iou = {"mask_iou": float("nan"), "mask_iou_all_ones": float("nan")}
+  else:
+    iou = evaluate_mask_iou(generate, final, meta, config, metrics, input_pipeline)
   summary = {
     "step": step,
     "last_saved": last_saved,

@@ -27,13 +27,15 @@ CONFIGS = sorted(
 
 
 def _params(state):
-  return jax.device_get({
+  return jax.device_get(
+    {
       "g": state.g.params,
       "d": state.d.params,
       "ema": state.ema_params,
       "g_stats": state.g.batch_stats,
       "d_stats": state.d.batch_stats,
-  })
+    }
+  )
 
 
 def _assert_trees_close(a, b, atol):
@@ -228,12 +230,15 @@ def test_bfloat16_step_has_finite_losses(tiny_data):
 
 def test_nan_in_loop_stops_with_message_and_keeps_last_checkpoint(tiny_data, tmp_path):
   workdir = str(tmp_path / "nan")
-  config = tiny_config(tiny_data, learning_rate=1e38, checkpoint_every_steps=1, log_every_steps=1)
-  with pytest.raises(train.NonFiniteLossError, match="non-finite loss at step"):
+  # One G update and no D update per step: step 1's losses are finite but its
+  # update (lr 1e38) overflows G's parameters, so step 2's losses are not.
+  config = tiny_config(tiny_data, learning_rate=1e38, d_steps=0, g_steps=1, checkpoint_every_steps=1, log_every_steps=1)
+  with pytest.raises(train.NonFiniteLossError, match="non-finite loss at step 2.*Last good checkpoint: step 1"):
     train.train_and_evaluate(config, workdir)
-  mngr = checkpoint.manager(workdir, read_only=True)
-  assert mngr.all_steps()
-  checkpoint.restore_generator(workdir)  # the last good checkpoint restores
+  assert checkpoint.manager(workdir, read_only=True).all_steps() == [1]
+  _, variables, _, step = checkpoint.restore_generator(workdir)  # the last good checkpoint restores
+  assert step == 1
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
 
 
 def _cli(args, **kwargs):
