@@ -1,0 +1,174 @@
+"""Full train-step throughput (d_steps D + g_steps G updates) on all local devices.
+
+Prints images/s (median of timed steps after warm-up), compile time and count,
+the step's FLOPs from XLA's cost analysis, the achieved GFLOP/s, and that as a
+fraction of this machine's dense float32 matmul rate measured in the same run.
+With `--data DIR` it also times the tf.data input pipeline on that dataset.
+
+  python benchmarks/train_step_bench.py                      # S=64, batch 64
+  python benchmarks/train_step_bench.py --image-size 128 --batch 32
+  python benchmarks/train_step_bench.py --upsample transpose  # native ConvTranspose
+  python benchmarks/train_step_bench.py --json                # last line: JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import default
+from keypatch_jax import input_pipeline, train
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Dense float32 n x n matmul rate on the default device (GFLOP/s, median)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def bench_config(image_size: int, batch_size: int, num_patches: int, upsample: str = "auto", dtype: str = "float32"):
+  """The default (paper) config at the given S, global batch and N."""
+  config = default.get_config()
+  config.image_size, config.batch_size, config.num_patches = image_size, batch_size, num_patches
+  config.model.upsample, config.model.dtype = upsample, dtype
+  return config
+
+
+def random_batch(config, devices: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A device-sharded batch of random images/patches and plausible boxes."""
+  rng = np.random.default_rng(seed)
+  s, n, b = config.image_size, config.num_patches, config.batch_size // devices
+  xy = rng.uniform(0, s / 2, (devices, b, n, 2))
+  wh = rng.uniform(s / 5, s / 2.5, (devices, b, n, 2))
+  return {
+    "image": rng.uniform(-1, 1, (devices, b, s, s, 3)).astype(np.float32),
+    "other": rng.uniform(-1, 1, (devices, b, s, s, 3)).astype(np.float32),
+    "patches": rng.uniform(-1, 1, (devices, b, n, s, s, 3)).astype(np.float32),
+    "boxes": np.concatenate([xy, wh], axis=-1).astype(np.float32),
+  }
+
+
+def measure_jax(
+  image_size: int,
+  batch_size: int,
+  num_patches: int,
+  repeats: int,
+  warmup: int,
+  upsample: str = "auto",
+  dtype: str = "float32",
+) -> dict:
+  """Times the pmapped train step; returns images/s, compile and FLOP figures."""
+  config = bench_config(image_size, batch_size, num_patches, upsample, dtype)
+  devices = jax.local_device_count()
+  state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
+  pstate = train.replicate(state)
+  batch = jax.tree.map(lambda x: jax.device_put(x), random_batch(config, devices))
+  step = train.parallelize(train.step_fn(config, 1000), config.parallel)
+  rng = jax.random.key(1)
+  t = time.perf_counter()
+  compiled = step.lower(pstate, batch, rng).compile()  # the run's one compile, timed on its own
+  compile_s = time.perf_counter() - t
+  flops = _flops(compiled) * devices
+  counter = train.CompileCounter()  # any further compile during the run is a bug
+  counter.active = True
+  for _ in range(warmup):
+    pstate, metrics = step(pstate, batch, rng)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    pstate, metrics = step(pstate, batch, rng)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  counter.active = False
+  median = statistics.median(times)
+  return {
+    "image_size": image_size,
+    "batch_size": batch_size,
+    "devices": devices,
+    "backend": jax.default_backend(),
+    "upsample": upsample,
+    "dtype": dtype,
+    "step_s": median,
+    "images_per_s": batch_size / median,
+    "compile_s": compile_s,
+    "compiles": 1 + counter.compiles,
+    "traces": counter.traces,
+    "step_gflops": flops / 1e9,
+    "gflops_per_s": flops / median / 1e9,
+  }
+
+
+def measure_input(data_dir: str, batch_size: int, steps: int = 30) -> float:
+  """Images/s of `input_pipeline.train_iterator` on a preprocessed dataset."""
+  meta = input_pipeline.load_meta(data_dir)
+  config = default.get_config()
+  config.image_size, config.num_patches, config.batch_size = meta.image_size, meta.num_patches, batch_size
+  it = input_pipeline.train_iterator(meta, config)
+  next(it)  # pipeline start-up
+  t = time.perf_counter()
+  for _ in range(steps):
+    next(it)
+  return steps * batch_size / (time.perf_counter() - t)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--image-size", type=int, default=64)
+  parser.add_argument("--batch", type=int, default=64, help="global batch")
+  parser.add_argument("--num-patches", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--upsample", default="auto", choices=["auto", "subpixel", "transpose"])
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--data", default=None, help="preprocessed dataset to time the input pipeline on")
+  parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+  args = parser.parse_args()
+
+  result = measure_jax(
+    args.image_size, args.batch, args.num_patches, args.repeats, args.warmup, args.upsample, args.dtype
+  )
+  result["matmul_gflops_per_s"] = matmul_gflops()
+  result["roofline_fraction"] = result["gflops_per_s"] / result["matmul_gflops_per_s"]
+  print(
+    f"train step S={args.image_size} batch={args.batch} on {result['devices']} {result['backend']} device(s), "
+    f"upsample={args.upsample}, {args.dtype}: {result['step_s']:.3f} s/step, {result['images_per_s']:.1f} images/s"
+  )
+  print(f"compile: {result['compile_s']:.1f} s, compiles during the run: {result['compiles']}")
+  print(
+    f"step FLOPs {result['step_gflops']:.1f} GFLOP -> {result['gflops_per_s']:.1f} GFLOP/s; "
+    f"matmul {result['matmul_gflops_per_s']:.1f} GFLOP/s; fraction {result['roofline_fraction']:.2f}"
+  )
+  if args.data:
+    result["input_images_per_s"] = measure_input(args.data, args.batch)
+    result["input_to_step_ratio"] = result["input_images_per_s"] / result["images_per_s"]
+    print(
+      f"input pipeline: {result['input_images_per_s']:.0f} images/s ({result['input_to_step_ratio']:.1f}x the step's)"
+    )
+  if args.json:
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
