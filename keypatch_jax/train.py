@@ -240,13 +240,16 @@ def parallelize(fn: Callable, parallel: str = "pmap", devices: Sequence[Any] | N
   Args:
     fn: (state, batch, rng) -> (state, metrics), using `lax.pmean(.., AXIS)`.
     parallel: "pmap", or "shard_map" (the same function over a 1-D device Mesh).
-    devices: the devices to run on (default: all local devices).
+    devices: the devices to run on (default: all devices of all processes).
   """
-  devices = list(jax.local_devices() if devices is None else devices)
   if parallel == "pmap":
+    # devices=None spans every process's devices: the pmean is global on multi-host.
     return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,), devices=devices)
   if parallel != "shard_map":
     raise ValueError(f"config.parallel must be 'pmap' or 'shard_map', got {parallel!r}")
+  if jax.process_count() > 1:
+    raise ValueError("config.parallel='shard_map' runs on one process; use 'pmap' on multi-host")
+  devices = list(jax.local_devices() if devices is None else devices)
   from jax.sharding import Mesh, PartitionSpec
 
   mesh = Mesh(np.array(devices), (AXIS,))
