@@ -64,7 +64,9 @@ def encode_example(image: np.ndarray, boxes: np.ndarray, example_id: str, label:
     "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id.encode("utf-8")])),
     "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
   }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  # deterministic: protobuf map fields otherwise serialise in a per-process order, and
+  # a resumed preprocessing run must write byte-identical shards.
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def parse_example(serialized, num_patches: int, image_size: int) -> dict[str, Any]:

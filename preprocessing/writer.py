@@ -122,18 +122,6 @@ def is_done(out_dir: str, shard: Shard) -> bool:
   )
 
 
-def canonical_record(record: bytes) -> bytes:
-  """Re-serialises a `tf.train.Example` deterministically.
-
-  Protobuf map fields (`Features.feature`) serialise in a per-process order, so
-  the same example can give different bytes in two runs; this fixes the order so
-  a resumed run writes byte-identical shards.
-  """
-  import tensorflow as tf
-
-  return tf.train.Example.FromString(record).SerializeToString(deterministic=True)
-
-
 def write_shard(out_dir: str, shard: Shard, records: Sequence[bytes], rejects: dict[str, int]) -> None:
   """Writes serialised examples and the shard's stats, atomically."""
   import tensorflow as tf
@@ -141,7 +129,7 @@ def write_shard(out_dir: str, shard: Shard, records: Sequence[bytes], rejects: d
   tmp = os.path.join(out_dir, TMP_PREFIX + shard.name)
   with tf.io.TFRecordWriter(tmp) as w:
     for r in records:
-      w.write(canonical_record(r))
+      w.write(r)  # features.encode_example serialises deterministically
   stats = {"count": len(records), "rejects": dict(sorted(rejects.items()))}
   write_json_atomic(os.path.join(out_dir, STATS_DIR, shard.name + ".json"), stats)
   tf.io.gfile.rename(tmp, os.path.join(out_dir, shard.name), overwrite=True)
