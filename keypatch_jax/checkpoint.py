@@ -134,6 +134,28 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _open_step(workdir: str, step: int | None) -> tuple[ml_collections.ConfigDict, ocp.CheckpointManager, int]:
+  """The run's config, a read-only manager and the checkpoint step to restore.
+
+  Raises:
+    CheckpointError: no workdir, no checkpoint, or `step` not among them.
+  """
+  if not os.path.isdir(workdir) and "://" not in workdir:
+    raise CheckpointError(f"workdir {workdir!r} does not exist")
+  config = read_config(workdir)
+  mngr = manager(workdir, read_only=True)
+  steps = mngr.all_steps()
+  if not steps:
+    raise CheckpointError(
+      f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}; train first or pass the right --workdir"
+    )
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise CheckpointError(f"--step {step} not in {workdir!r} (available: {sorted(steps)})")
+  return config, mngr, step
+
+
 def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True):
   """Restores only what sampling needs: the generator and its variables.
 
@@ -149,19 +171,7 @@ def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True
   Raises:
     CheckpointError: a one-line message when there is no workdir or checkpoint.
   """
-  if not os.path.isdir(workdir) and "://" not in workdir:
-    raise CheckpointError(f"workdir {workdir!r} does not exist")
-  config = read_config(workdir)
-  mngr = manager(workdir, read_only=True)
-  steps = mngr.all_steps()
-  if not steps:
-    raise CheckpointError(
-      f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}; train first or pass the right --workdir"
-    )
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
-    raise CheckpointError(f"--step {step} not in {workdir!r} (available: {sorted(steps)})")
+  config, mngr, step = _open_step(workdir, step)
   generator, _ = models.build_models(config)
   s, n = config.image_size, config.num_patches
   shapes = jax.eval_shape(
@@ -195,16 +205,7 @@ def restore_discriminator(workdir: str, step: int | None = None):
   """
   from keypatch_jax import train
 
-  if not os.path.isdir(workdir) and "://" not in workdir:
-    raise CheckpointError(f"workdir {workdir!r} does not exist")
-  config = read_config(workdir)
-  mngr = manager(workdir, read_only=True)
-  steps = mngr.all_steps()
-  if not steps:
-    raise CheckpointError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise CheckpointError(f"--step {step} not in {workdir!r} (available: {sorted(steps)})")
+  config, mngr, step = _open_step(workdir, step)
   if not os.path.isdir(os.path.join(mngr.directory, str(step), "rest")) and "://" not in workdir:
     raise CheckpointError(f"checkpoint {step} in {workdir!r} has no discriminator (its `rest` item is missing)")
   _, rest = _split(jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0))))
