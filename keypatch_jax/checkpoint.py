@@ -39,10 +39,11 @@ class CheckpointError(ValueError):
 def manager(
   workdir: str, *, max_to_keep: int = 3, save_every: int = 1, read_only: bool = False
 ) -> ocp.CheckpointManager:
-  """A `CheckpointManager` with async saves over `WORKDIR/checkpoints`."""
+  """A `CheckpointManager` with async saves over `WORKDIR/checkpoints`, keeping the latest `max_to_keep`."""
+  policy = None if read_only else ocp.checkpoint_managers.LatestN(n=max_to_keep)
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep,
-    save_interval_steps=save_every,
+    preservation_policy=policy,
+    save_interval_steps=0 if read_only else save_every,
     create=not read_only,
     enable_async_checkpointing=not read_only,
     read_only=read_only,

@@ -414,6 +414,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   counter = CompileCounter()
   pstate, pending, last_saved, t0 = replicate(state), [], None, None
   grid_batch = None
+  log_from = [start, 0.0]  # (step, time) of the previous log line, for images/s
 
   def check(pending_metrics, step):
     """Fetches pending step metrics; raises on a non-finite loss."""
@@ -454,12 +455,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if t0 is None:
         jax.block_until_ready(step_metrics)
         t0, t0_step = time.perf_counter(), step
+        log_from[:] = [step, t0]  # rates exclude the compile
         grid_batch = jax.tree.map(lambda x: np.asarray(x[0][:8]), batch)
       report(step)
       stop = bool(preempted)  # read once: the signal may arrive at any point of this iteration
       last = step == total or stop
       if step % config.log_every_steps == 0 or last:
         scalars = check(pending, step)
+        now = time.perf_counter()
+        if t0 is not None and step > log_from[0]:
+          scalars["images_per_s"] = (step - log_from[0]) * config.batch_size / (now - log_from[1])
+        log_from[:] = [step, now]
         pending = []
         writer.write_scalars(step, scalars)
       if step % config.image_every_steps == 0 or (last and not stop):
