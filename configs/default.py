@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.embed_dim = 128  # Part embedding size E.
   config.model.z_dim = 128  # Noise size; z ~ U(-1, 1).
   config.model.upsample = "auto"  # Stride-2 transposed conv: "transpose", "subpixel", "auto" (sub-pixel on CPU).
+  # Stride-2 conv: "native", "polyphase" (four stride-1 convs, same params), "auto" (polyphase on CPU).
+  config.model.downsample = "auto"
   config.model.dtype = "float32"  # Compute dtype ("bfloat16" on TPU/GPU); losses and BN stats stay float32.
   config.model.param_dtype = "float32"  # Parameter dtype.
   config.model.sync_batchnorm = True  # Average BatchNorm statistics over devices (pmean).

@@ -323,6 +323,7 @@ def validate_config(config) -> None:
   try:
     models.num_levels(config.image_size)
     models.resolve_subpixel(config.model.upsample)
+    models.resolve_polyphase(config.model.downsample)
   except ValueError as e:
     raise ConfigError(f"bad config: {e}") from None
 

@@ -327,6 +327,59 @@ def test_generator_subpixel_and_transpose_agree():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 4, 6, 2), (3, 2, 2, 4)])
+def test_downconv_matches_conv_values_and_gradients(shape):
+  """polyphase=True/False == nn.Conv(5x5, stride 2, padding 2): values and gradients."""
+  features = 5
+  kx, kp = jax.random.split(jax.random.key(sum(shape) + 7))
+  x = jax.random.normal(kx, shape)
+  reference = nn.Conv(features, (5, 5), (2, 2), padding=((2, 2), (2, 2)))
+  params = reference.init(kp, x)
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(kp, p.shape), params)
+
+  def loss(module, params, x):
+    y = module.apply(params, x)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), y
+
+  def grad(module):
+    return jax.jit(jax.grad(functools.partial(loss, module), argnums=(0, 1), has_aux=True))(params, x)
+
+  (ref_gp, ref_gx), ref_y = grad(reference)
+  assert ref_y.shape == (shape[0], shape[1] // 2, shape[2] // 2, features)
+  for polyphase in (True, False):
+    (gp, gx), y = grad(models.DownConv(features, polyphase=polyphase))
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(ref_gp), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_polyphase_rejects_odd_sizes():
+  with pytest.raises(ValueError, match="even"):
+    models.polyphase_conv(jnp.zeros((1, 5, 4, 2)), jnp.zeros((5, 5, 2, 3)))
+
+
+def test_models_polyphase_and_native_agree():
+  """Generator and discriminator give the same outputs with either DownConv form."""
+  patches, z = _inputs(jax.random.key(5), BATCH, 3, SMALL["image_size"], SMALL["z_dim"])
+  gens = [models.Generator(**SMALL, polyphase=p) for p in (False, True)]
+  discs = [models.KindsDiscriminator(image_size=16, conv_dim=8, polyphase=p) for p in (False, True)]
+  images = patches[:, :2].transpose(1, 0, 2, 3, 4)  # [K=2, B, S, S, 3]
+
+  @jax.jit
+  def run(patches, z, images):
+    gv = gens[0].init(jax.random.key(0), patches, z, train=False)
+    dv = discs[0].init(jax.random.key(1), images, train=False)
+    return [
+      (g.apply(gv, patches, z, train=True, mutable=["batch_stats"]), d.apply(dv, images, train=False))
+      for g, d in zip(gens, discs, strict=True)
+    ]
+
+  outs = run(patches, z, images)
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # Compilation.
 
