@@ -7,7 +7,7 @@ With `--data DIR` it also times the tf.data input pipeline on that dataset.
 
   python benchmarks/train_step_bench.py                      # S=64, batch 64
   python benchmarks/train_step_bench.py --image-size 128 --batch 32
-  python benchmarks/train_step_bench.py --upsample transpose  # native ConvTranspose
+  python benchmarks/train_step_bench.py --upsample transpose --downsample native  # TPU/GPU forms
   python benchmarks/train_step_bench.py --json                # last line: JSON
 """
 
@@ -48,11 +48,18 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def bench_config(image_size: int, batch_size: int, num_patches: int, upsample: str = "auto", dtype: str = "float32"):
+def bench_config(
+  image_size: int,
+  batch_size: int,
+  num_patches: int,
+  upsample: str = "auto",
+  dtype: str = "float32",
+  downsample: str = "auto",
+):
   """The default (paper) config at the given S, global batch and N."""
   config = default.get_config()
   config.image_size, config.batch_size, config.num_patches = image_size, batch_size, num_patches
-  config.model.upsample, config.model.dtype = upsample, dtype
+  config.model.upsample, config.model.downsample, config.model.dtype = upsample, downsample, dtype
   return config
 
 
@@ -78,9 +85,10 @@ def measure_jax(
   warmup: int,
   upsample: str = "auto",
   dtype: str = "float32",
+  downsample: str = "auto",
 ) -> dict:
   """Times the pmapped train step; returns images/s, compile and FLOP figures."""
-  config = bench_config(image_size, batch_size, num_patches, upsample, dtype)
+  config = bench_config(image_size, batch_size, num_patches, upsample, dtype, downsample)
   devices = jax.local_device_count()
   state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
   pstate = train.replicate(state)
@@ -111,6 +119,7 @@ def measure_jax(
     "devices": devices,
     "backend": jax.default_backend(),
     "upsample": upsample,
+    "downsample": downsample,
     "dtype": dtype,
     "step_s": median,
     "images_per_s": batch_size / median,
@@ -143,19 +152,21 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--upsample", default="auto", choices=["auto", "subpixel", "transpose"])
+  parser.add_argument("--downsample", default="auto", choices=["auto", "polyphase", "native"])
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--data", default=None, help="preprocessed dataset to time the input pipeline on")
   parser.add_argument("--json", action="store_true", help="last line: one JSON object")
   args = parser.parse_args()
 
   result = measure_jax(
-    args.image_size, args.batch, args.num_patches, args.repeats, args.warmup, args.upsample, args.dtype
+    args.image_size, args.batch, args.num_patches, args.repeats, args.warmup, args.upsample, args.dtype, args.downsample
   )
   result["matmul_gflops_per_s"] = matmul_gflops()
   result["roofline_fraction"] = result["gflops_per_s"] / result["matmul_gflops_per_s"]
   print(
     f"train step S={args.image_size} batch={args.batch} on {result['devices']} {result['backend']} device(s), "
-    f"upsample={args.upsample}, {args.dtype}: {result['step_s']:.3f} s/step, {result['images_per_s']:.1f} images/s"
+    f"upsample={args.upsample}, downsample={args.downsample}, {args.dtype}: "
+    f"{result['step_s']:.3f} s/step, {result['images_per_s']:.1f} images/s"
   )
   print(f"compile: {result['compile_s']:.1f} s, compiles during the run: {result['compiles']}")
   print(
