@@ -125,7 +125,6 @@ def measure_jax(
     "images_per_s": batch_size / median,
     "compile_s": compile_s,
     "compiles": 1 + counter.compiles,
-    "traces": counter.traces,
     "step_gflops": flops / 1e9,
     "gflops_per_s": flops / median / 1e9,
   }
