@@ -52,6 +52,19 @@ def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((k // 2, k // 2), (k // 2, k // 2))
 
 
+def _batch_norm(train: bool, axis_name: Any, dtype: Dtype, param_dtype: Dtype):
+  """The networks' BatchNorm (PyTorch's momentum 0.1 and eps 1e-5), as a partial taking `name`."""
+  return functools.partial(
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    axis_name=axis_name,
+    dtype=dtype,
+    param_dtype=param_dtype,
+  )
+
+
 # PyTorch ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1), written as
 # padding of the dilated input for `lax.conv_transpose`: (k - 1 - p, k - 1 - p + op).
 UP_PADDING = ((2, 3), (2, 3))
@@ -246,15 +259,7 @@ class PartEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> list[jax.Array]:
     conv = functools.partial(DownConv, polyphase=self.polyphase, dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      axis_name=self.bn_axis_name,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
+    norm = _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
     feats = []
     for level in range(num_levels(self.image_size)):
       x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x)
@@ -305,15 +310,7 @@ class UNetDecoder(nn.Module):
     levels = num_levels(self.image_size)
     if len(skips) != levels:
       raise ValueError(f"expected {levels} skip maps, got {len(skips)}")
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      axis_name=self.bn_axis_name,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
+    norm = _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
     up = functools.partial(UpConv, subpixel=self.subpixel, dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.ConvTranspose(
       level_width(levels - 1, self.conv_dim),
@@ -417,15 +414,7 @@ class Discriminator(nn.Module):
     for level in range(num_levels(self.image_size)):
       x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x)
       if level > 0:
-        x = nn.BatchNorm(
-          use_running_average=not train,
-          momentum=0.9,
-          epsilon=1e-5,
-          axis_name=self.bn_axis_name,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f"bn{level}",
-        )(x)
+        x = _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)(name=f"bn{level}")(x)
       x = nn.leaky_relu(x, LEAK)
     x = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype, name="logit")(x)
     return x.reshape(x.shape[0]).astype(jnp.float32)
