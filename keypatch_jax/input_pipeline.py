@@ -131,11 +131,17 @@ def crop_patches(image, boxes, image_size: int):
   return tf.clip_by_value(patches, -1.0, 1.0)
 
 
-def flip_example(image, boxes, image_size: int):
-  """Left-right flip of an image [S, S, 3] and its boxes [N, 4] (x' = S - x - w)."""
+def flip_boxes(boxes, image_size: int):
+  """Left-right flip of boxes [..., 4] (x, y, w, h) in an S-wide image: x' = S - x - w."""
   tf = _tf()
-  x = float(image_size) - boxes[:, 0] - boxes[:, 2]
-  return tf.reverse(image, axis=[1]), tf.concat([x[:, None], boxes[:, 1:]], axis=1)
+  x = float(image_size) - boxes[..., 0] - boxes[..., 2]
+  return tf.concat([x[..., None], boxes[..., 1:]], axis=-1)
+
+
+def flip_example(image, boxes, image_size: int):
+  """Left-right flip of an image [S, S, 3] and its boxes [N, 4]."""
+  tf = _tf()
+  return tf.reverse(image, axis=[1]), flip_boxes(boxes, image_size)
 
 
 def _to_float(image):
@@ -259,8 +265,7 @@ def _flip_batch(image_size: int, seed: int):
       b["image"] = tf.reverse(b["image"], axis=[2])
       b["other"] = tf.reverse(b["other"], axis=[2])
       b["patches"] = tf.reverse(b["patches"], axis=[3])
-      x = float(image_size) - b["boxes"][..., 0] - b["boxes"][..., 2]
-      b["boxes"] = tf.concat([x[..., None], b["boxes"][..., 1:]], axis=-1)
+      b["boxes"] = flip_boxes(b["boxes"], image_size)
       return b
 
     return tf.cond(coin < 0.5, flipped, lambda: dict(batch))

@@ -362,16 +362,6 @@ class CompileCounter:
       self.seconds += duration
 
 
-def _generate_fn(generator: models.Generator):
-  """Jitted eval-mode generator (running BatchNorm averages)."""
-
-  @jax.jit
-  def generate(variables, patches, z):
-    return generator.apply(variables, patches, z, train=False)
-
-  return generate
-
-
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains from `config.data_dir` into `workdir`, resuming from its latest checkpoint.
 
@@ -384,7 +374,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   from absl import logging
   from clu import metric_writers, periodic_actions
 
-  from keypatch_jax import checkpoint, input_pipeline, metrics, visualize
+  from keypatch_jax import checkpoint, inference, input_pipeline, metrics, visualize
 
   validate_config(config)
   meta = input_pipeline.load_meta(config.data_dir, config.image_size, config.num_patches)
@@ -407,7 +397,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   )
   p_step = parallelize(step_fn(config, spe), config.parallel)
   generator, _ = models.build_models(config)
-  generate = _generate_fn(generator)
+  generate = inference.generate_fn(generator)  # eval mode, running BatchNorm averages
 
   preempted = []
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
