@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from keypatch_jax import input_pipeline, train
+from keypatch_jax import input_pipeline, models, train
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -150,8 +150,8 @@ def main() -> None:
   parser.add_argument("--num-patches", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--upsample", default="auto", choices=["auto", "subpixel", "transpose"])
-  parser.add_argument("--downsample", default="auto", choices=["auto", "polyphase", "native"])
+  parser.add_argument("--upsample", default="auto", choices=["auto", *models.UPSAMPLE])
+  parser.add_argument("--downsample", default="auto", choices=["auto", *models.DOWNSAMPLE])
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--data", default=None, help="preprocessed dataset to time the input pipeline on")
   parser.add_argument("--json", action="store_true", help="last line: one JSON object")

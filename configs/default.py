@@ -28,9 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_dim = 64  # Width of the first conv level; doubles per level, capped at 512.
   config.model.embed_dim = 128  # Part embedding size E.
   config.model.z_dim = 128  # Noise size; z ~ U(-1, 1).
-  config.model.upsample = "auto"  # Stride-2 transposed conv: "transpose", "subpixel", "auto" (sub-pixel on CPU).
-  # Stride-2 conv: "native", "polyphase" (four stride-1 convs, same params), "auto" (polyphase on CPU).
-  config.model.downsample = "auto"
+  # How the stride-2 layers are computed; same params and outputs (models.DOWNSAMPLE/UPSAMPLE).
+  # "auto": native on TPU/GPU; on CPU, per layer, the form measured fastest there.
+  config.model.upsample = "auto"  # "transpose", "subpixel", "subpixel_matmul", "auto".
+  config.model.downsample = "auto"  # "native", "polyphase", "im2col", "auto".
   config.model.dtype = "float32"  # Compute dtype ("bfloat16" on TPU/GPU); losses and BN stats stay float32.
   config.model.param_dtype = "float32"  # Parameter dtype.
   config.model.sync_batchnorm = True  # Average BatchNorm statistics over devices (pmean).

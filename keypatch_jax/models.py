@@ -65,6 +65,103 @@ def _batch_norm(train: bool, axis_name: Any, dtype: Dtype, param_dtype: Dtype):
   )
 
 
+# Stride-2 layers. XLA:CPU computes some convolutions far below its matmul
+# rate: any input-dilated convolution (the gradient of a strided or transposed
+# convolution), the kernel gradient of most convolutions, and convolutions with
+# 1-3 input or output channels. The layers below keep the parameters of
+# `nn.Conv` / `nn.ConvTranspose` and choose how they are computed, per layer:
+#
+#   DownConv ("downsample"):  native    lax.conv_general_dilated, stride 2 (TPU/GPU)
+#                             polyphase four stride-1 convolutions
+#                             im2col    one matmul on the 25-tap patch matrix
+#   UpConv ("upsample"):      transpose lax.conv_transpose (TPU/GPU)
+#                             subpixel  four stride-1 convolutions, interleaved
+#                             subpixel_matmul  the same four, each as one matmul
+#                                       to all taps followed by shifted sums
+#
+# All forms give the same outputs and gradients (tests/test_models.py). "auto"
+# picks native/transpose off CPU and, on CPU, the form measured fastest for the
+# layer's channels (benchmarks/model_bench.py --layers).
+DOWNSAMPLE = ("native", "polyphase", "im2col")
+UPSAMPLE = ("transpose", "subpixel", "subpixel_matmul")
+IM2COL_MAX_CIN = 64  # on CPU, im2col for Cin <= 64 (patch matrix <= 1600 columns)
+MATMUL_MAX_OUT_RATIO = 8  # on CPU, subpixel_matmul when Cout * 8 <= Cin (narrow outputs)
+
+
+def resolve_downsample(setting: str, in_features: int) -> str:
+  """config.model.downsample ("auto" or one of DOWNSAMPLE) -> the form for one layer."""
+  if setting == "auto":
+    if jax.default_backend() != "cpu":
+      return "native"
+    return "im2col" if in_features <= IM2COL_MAX_CIN else "polyphase"
+  if setting not in DOWNSAMPLE:
+    raise ValueError(f"config.model.downsample must be auto or one of {'/'.join(DOWNSAMPLE)}, got {setting!r}")
+  return setting
+
+
+def resolve_upsample(setting: str, in_features: int, features: int) -> str:
+  """config.model.upsample ("auto" or one of UPSAMPLE) -> the form for one layer."""
+  if setting == "auto":
+    if jax.default_backend() != "cpu":
+      return "transpose"
+    return "subpixel_matmul" if features * MATMUL_MAX_OUT_RATIO <= in_features else "subpixel"
+  if setting not in UPSAMPLE:
+    raise ValueError(f"config.model.upsample must be auto or one of {'/'.join(UPSAMPLE)}, got {setting!r}")
+  return setting
+
+
+def _conv_out(size: int, lo: int, hi: int, k: int, stride: int) -> int:
+  return (size + lo + hi - k) // stride + 1
+
+
+def _windows(x: jax.Array, kernel_hw: tuple[int, int], strides, padding) -> list[jax.Array]:
+  """The kh * kw strided windows of the padded x, each [B, Ho, Wo, ...] (row-major taps)."""
+  (kh, kw), (sy, sx), ((ly, hy), (lx, hx)) = kernel_hw, strides, padding
+  ho, wo = _conv_out(x.shape[1], ly, hy, kh, sy), _conv_out(x.shape[2], lx, hx, kw, sx)
+  xp = jnp.pad(x, ((0, 0), (ly, hy), (lx, hx)) + ((0, 0),) * (x.ndim - 3))
+  return [
+    xp[:, ky : ky + sy * (ho - 1) + 1 : sy, kx : kx + sx * (wo - 1) + 1 : sx] for ky in range(kh) for kx in range(kw)
+  ]
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding=((0, 0), (0, 0))) -> jax.Array:
+  """A convolution as one matmul: [B*Ho*Wo, kh*kw*Cin] patches @ [kh*kw*Cin, Cout].
+
+  Same result as `lax.conv_general_dilated(x, kernel, strides, padding)` in
+  NHWC/HWIO. Forward, input and kernel gradients are all dense matmuls plus
+  copies of the patch matrix, which is small when Cin is (the first layer).
+
+  x [B, H, W, Cin], kernel [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout].
+  """
+  kh, kw, cin, cout = kernel.shape
+  cols = _windows(x, (kh, kw), strides, padding)
+  b, ho, wo, _ = cols[0].shape
+  patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+  return jnp.dot(patches.reshape(-1, kh * kw * cin), kernel.reshape(kh * kw * cin, cout)).reshape(b, ho, wo, cout)
+
+
+def matmul_shift_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding=((0, 0), (0, 0))) -> jax.Array:
+  """A convolution as one matmul to every tap's output, then a sum of shifted slices.
+
+  z = x @ [Cin, kh*kw*Cout] holds each tap's contribution at each input
+  pixel; the output sums tap (ky, kx)'s plane shifted by (ky, kx). Reads x
+  once, so it suits narrow outputs (the 1- and 3-channel last layers), where
+  XLA:CPU's convolution is slowest. Same result as `lax.conv_general_dilated`.
+
+  x [B, H, W, Cin], kernel [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout].
+  """
+  kh, kw, cin, cout = kernel.shape
+  b, h, w, _ = x.shape
+  z = jnp.dot(x.reshape(-1, cin), kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout))
+  planes = _windows(z.reshape(b, h, w, kh * kw, cout), (kh, kw), strides, padding)
+  return sum(plane[..., tap, :] for tap, plane in enumerate(planes))
+
+
+def lax_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding=((0, 0), (0, 0))) -> jax.Array:
+  """`lax.conv_general_dilated` in NHWC/HWIO (x [B, H, W, Cin] -> [B, Ho, Wo, Cout])."""
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 # PyTorch ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1), written as
 # padding of the dilated input for `lax.conv_transpose`: (k - 1 - p, k - 1 - p + op).
 UP_PADDING = ((2, 3), (2, 3))
@@ -88,7 +185,7 @@ def _parity_taps(kernel_size: int, pad_lo: int) -> list[tuple[list[int], int, in
   return out
 
 
-def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, padding=UP_PADDING) -> jax.Array:
+def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, padding=UP_PADDING, conv=lax_conv) -> jax.Array:
   """Stride-2 `lax.conv_transpose` computed with regular stride-1 convolutions.
 
   The exact sub-pixel decomposition: the kernel is split by output parity
@@ -107,6 +204,9 @@ def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, padding=UP_PADDING)
       (`transpose_kernel=False`).
     padding: ((lo, hi), (lo, hi)) of the dilated input, as for
       `lax.conv_transpose`; it must make the output exactly twice the input.
+    conv: computes each stride-1 convolution, `conv(x, kernel, strides,
+      padding)`: `lax_conv` ("subpixel") or `matmul_shift_conv`
+      ("subpixel_matmul").
 
   Returns:
     [B, 2H, 2W, Cout].
@@ -120,11 +220,7 @@ def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, padding=UP_PADDING)
     cols = []
     for kx, lo_x, hi_x in _parity_taps(k, padding[1][0]):
       sub = kernel[np.array(ky)][:, np.array(kx)]
-      cols.append(
-        jax.lax.conv_general_dilated(
-          x, sub, (1, 1), ((lo_y, hi_y), (lo_x, hi_x)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-      )
+      cols.append(conv(x, sub, (1, 1), ((lo_y, hi_y), (lo_x, hi_x))))
     rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2 (column parity), C]
   y = jnp.stack(rows, axis=2)  # [B, H, 2 (row parity), W, 2, C]
   b, h, _, w, _, c = y.shape
@@ -135,16 +231,16 @@ class UpConv(nn.Module):
   """5x5 stride-2 transposed convolution that doubles H and W (SPEC §2 padding).
 
   The parameters are exactly those of `nn.ConvTranspose(features, (5, 5), (2, 2),
-  padding=UP_PADDING)`; `subpixel` selects how it is computed (identical
-  results): natively (`lax.conv_transpose`, best on TPU/GPU) or as the
-  sub-pixel decomposition (best on XLA:CPU).
+  padding=UP_PADDING)`; `upsample` selects how it is computed (identical
+  results, see UPSAMPLE): "transpose" (`lax.conv_transpose`, best on
+  TPU/GPU), "subpixel", "subpixel_matmul", or "auto".
 
   x [B, H, W, Cin] -> [B, 2H, 2W, features].
   """
 
   features: int
   kernel_size: int = 5
-  subpixel: bool = False
+  upsample: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -154,10 +250,11 @@ class UpConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if self.subpixel:
-      y = subpixel_conv_transpose(x, kernel, UP_PADDING)
-    else:
+    form = resolve_upsample(self.upsample, x.shape[-1], self.features)
+    if form == "transpose":
       y = jax.lax.conv_transpose(x, kernel, (2, 2), UP_PADDING, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    else:
+      y = subpixel_conv_transpose(x, kernel, UP_PADDING, lax_conv if form == "subpixel" else matmul_shift_conv)
     return y + bias
 
 
@@ -217,15 +314,15 @@ class DownConv(nn.Module):
   """5x5 stride-2 convolution with padding 2 that halves H and W (SPEC §2).
 
   The parameters are exactly those of `nn.Conv(features, (5, 5), (2, 2),
-  padding=((2, 2), (2, 2)))`; `polyphase` selects how it is computed
-  (identical results): natively (best on TPU/GPU) or as four stride-1
-  convolutions of the polyphase components (best on XLA:CPU).
+  padding=((2, 2), (2, 2)))`; `downsample` selects how it is computed
+  (identical results, see DOWNSAMPLE): "native" (best on TPU/GPU),
+  "polyphase", "im2col", or "auto".
 
   x [B, H, W, Cin] -> [B, H / 2, W / 2, features].
   """
 
   features: int
-  polyphase: bool = False
+  downsample: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -234,10 +331,13 @@ class DownConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (5, 5, x.shape[-1], self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if self.polyphase:
+    form = resolve_downsample(self.downsample, x.shape[-1])
+    if form == "polyphase":
       y = polyphase_conv(x, kernel)
+    elif form == "im2col":
+      y = im2col_conv(x, kernel, (2, 2), _pad(5))
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, (2, 2), _pad(5), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = lax_conv(x, kernel, (2, 2), _pad(5))
     return y + bias
 
 
@@ -252,13 +352,13 @@ class PartEncoder(nn.Module):
   conv_dim: int = 64
   embed_dim: int = 128
   bn_axis_name: Any = None
-  polyphase: bool = False
+  downsample: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> list[jax.Array]:
-    conv = functools.partial(DownConv, polyphase=self.polyphase, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(DownConv, downsample=self.downsample, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
     feats = []
     for level in range(num_levels(self.image_size)):
@@ -300,7 +400,7 @@ class UNetDecoder(nn.Module):
   image_size: int
   out_features: int
   conv_dim: int = 64
-  subpixel: bool = False
+  upsample: str = "auto"
   bn_axis_name: Any = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -311,7 +411,7 @@ class UNetDecoder(nn.Module):
     if len(skips) != levels:
       raise ValueError(f"expected {levels} skip maps, got {len(skips)}")
     norm = _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
-    up = functools.partial(UpConv, subpixel=self.subpixel, dtype=self.dtype, param_dtype=self.param_dtype)
+    up = functools.partial(UpConv, upsample=self.upsample, dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.ConvTranspose(
       level_width(levels - 1, self.conv_dim),
       (4, 4),
@@ -346,8 +446,8 @@ class Generator(nn.Module):
   conv_dim: int = 64
   embed_dim: int = 128
   z_dim: int = 128
-  subpixel: bool = False
-  polyphase: bool = False
+  upsample: str = "auto"  # UpConv form, see UPSAMPLE
+  downsample: str = "auto"  # DownConv form, see DOWNSAMPLE
   use_mask_net: bool = True
   bn_axis_name: str | None = None  # device axis for synchronised BatchNorm
   dtype: Dtype = jnp.float32
@@ -364,13 +464,13 @@ class Generator(nn.Module):
       axis_name=PATCH_AXIS,
     )
     self.encoder = encoders(
-      self.image_size, self.conv_dim, self.embed_dim, bn_axes, self.polyphase, self.dtype, self.param_dtype
+      self.image_size, self.conv_dim, self.embed_dim, bn_axes, self.downsample, self.dtype, self.param_dtype
     )
     decoder = functools.partial(
       UNetDecoder,
       self.image_size,
       conv_dim=self.conv_dim,
-      subpixel=self.subpixel,
+      upsample=self.upsample,
       bn_axis_name=self.bn_axis_name,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
@@ -403,13 +503,13 @@ class Discriminator(nn.Module):
   image_size: int = 64
   conv_dim: int = 64
   bn_axis_name: str | None = None
-  polyphase: bool = False
+  downsample: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = functools.partial(DownConv, polyphase=self.polyphase, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(DownConv, downsample=self.downsample, dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     for level in range(num_levels(self.image_size)):
       x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x)
@@ -432,7 +532,7 @@ class KindsDiscriminator(nn.Module):
   image_size: int = 64
   conv_dim: int = 64
   bn_axis_name: str | None = None
-  polyphase: bool = False
+  downsample: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -446,7 +546,7 @@ class KindsDiscriminator(nn.Module):
       out_axes=0,
     )
     disc = vmapped(
-      self.image_size, self.conv_dim, self.bn_axis_name, self.polyphase, self.dtype, self.param_dtype, name="disc"
+      self.image_size, self.conv_dim, self.bn_axis_name, self.downsample, self.dtype, self.param_dtype, name="disc"
     )
     return disc(images, train)
 
@@ -458,22 +558,10 @@ class _PositionalDiscriminator(Discriminator):
     return super().__call__(x, train=train)
 
 
-def resolve_subpixel(upsample: str) -> bool:
-  """'subpixel' -> True, 'transpose' -> False, 'auto' -> sub-pixel on CPU only."""
-  if upsample == "auto":
-    return jax.default_backend() == "cpu"
-  if upsample not in ("subpixel", "transpose"):
-    raise ValueError(f"config.model.upsample must be auto/subpixel/transpose, got {upsample!r}")
-  return upsample == "subpixel"
-
-
-def resolve_polyphase(downsample: str) -> bool:
-  """'polyphase' -> True, 'native' -> False, 'auto' -> polyphase on CPU only."""
-  if downsample == "auto":
-    return jax.default_backend() == "cpu"
-  if downsample not in ("polyphase", "native"):
-    raise ValueError(f"config.model.downsample must be auto/polyphase/native, got {downsample!r}")
-  return downsample == "polyphase"
+def check_forms(upsample: str, downsample: str) -> None:
+  """Raises ValueError naming config.model.upsample/downsample if either is unknown."""
+  resolve_upsample(upsample, 1, 1)
+  resolve_downsample(downsample, 1)
 
 
 def build_models(config, *, axis_name: str | None = None) -> tuple[Generator, KindsDiscriminator]:
@@ -485,19 +573,20 @@ def build_models(config, *, axis_name: str | None = None) -> tuple[Generator, Ki
   over it when `config.model.sync_batchnorm` is set.
   """
   m = config.model
+  check_forms(m.get("upsample", "auto"), m.get("downsample", "auto"))
   bn_axis = axis_name if m.get("sync_batchnorm", True) else None
   common = dict(
     image_size=config.image_size,
     conv_dim=m.conv_dim,
     bn_axis_name=bn_axis,
-    polyphase=resolve_polyphase(m.get("downsample", "auto")),
+    downsample=m.get("downsample", "auto"),
     dtype=jnp.dtype(m.get("dtype", "float32")),
     param_dtype=jnp.dtype(m.get("param_dtype", "float32")),
   )
   generator = Generator(
     embed_dim=m.embed_dim,
     z_dim=m.z_dim,
-    subpixel=resolve_subpixel(m.get("upsample", "auto")),
+    upsample=m.get("upsample", "auto"),
     use_mask_net=m.get("use_mask_net", True),
     **common,
   )

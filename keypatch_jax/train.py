@@ -322,8 +322,7 @@ def validate_config(config) -> None:
       raise ConfigError(f"bad config: {message}")
   try:
     models.num_levels(config.image_size)
-    models.resolve_subpixel(config.model.upsample)
-    models.resolve_polyphase(config.model.downsample)
+    models.check_forms(config.model.upsample, config.model.downsample)
   except ValueError as e:
     raise ConfigError(f"bad config: {e}") from None
 

@@ -269,7 +269,7 @@ def _torch_conv_transpose_reference(x: np.ndarray, kernel: np.ndarray, bias: np.
 
 @pytest.mark.parametrize("shape", [(2, 4, 4, 3), (1, 5, 3, 2), (3, 1, 1, 4)])
 def test_upconv_matches_conv_transpose_values_and_gradients(shape):
-  """subpixel=True/False == nn.ConvTranspose == a PyTorch-semantics reference."""
+  """Every UpConv form == nn.ConvTranspose == a PyTorch-semantics reference."""
   features = 6
   kx, kp = jax.random.split(jax.random.key(sum(shape)))
   x = jax.random.normal(kx, shape)
@@ -292,8 +292,8 @@ def test_upconv_matches_conv_transpose_values_and_gradients(shape):
     np.asarray(params["params"]["bias"], np.float64),
   )
   np.testing.assert_allclose(ref_y, torch_y, rtol=1e-5, atol=1e-5)
-  for subpixel in (True, False):
-    (gp, gx), y = grad(models.UpConv(features, subpixel=subpixel), params, x)
+  for form in models.UPSAMPLE:
+    (gp, gx), y = grad(models.UpConv(features, upsample=form), params, x)
     np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(ref_gp), strict=True):
@@ -309,7 +309,7 @@ def test_subpixel_rejects_non_doubling_padding():
 def test_generator_subpixel_and_transpose_agree():
   """The whole generator gives the same outputs with either UpConv form."""
   patches, z = _inputs(jax.random.key(3), BATCH, 3, SMALL["image_size"], SMALL["z_dim"])
-  native, subpixel = (models.Generator(**SMALL, subpixel=s) for s in (False, True))
+  native, subpixel, matmul = (models.Generator(**SMALL, upsample=f) for f in models.UPSAMPLE)
 
   @jax.jit
   def run(patches, z):  # one compilation for init and all four forwards
@@ -319,17 +319,18 @@ def test_generator_subpixel_and_transpose_agree():
         gen.apply(variables, patches, z, train=False),
         gen.apply(variables, patches, z, train=True, mutable=["batch_stats"]),
       )
-      for gen in (native, subpixel)
+      for gen in (native, subpixel, matmul)
     ]
 
   outs = run(patches, z)
-  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for other in outs[1:]:
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(other), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 4, 6, 2), (3, 2, 2, 4)])
 def test_downconv_matches_conv_values_and_gradients(shape):
-  """polyphase=True/False == nn.Conv(5x5, stride 2, padding 2): values and gradients."""
+  """Every DownConv form == nn.Conv(5x5, stride 2, padding 2): values and gradients."""
   features = 5
   kx, kp = jax.random.split(jax.random.key(sum(shape) + 7))
   x = jax.random.normal(kx, shape)
@@ -346,8 +347,8 @@ def test_downconv_matches_conv_values_and_gradients(shape):
 
   (ref_gp, ref_gx), ref_y = grad(reference)
   assert ref_y.shape == (shape[0], shape[1] // 2, shape[2] // 2, features)
-  for polyphase in (True, False):
-    (gp, gx), y = grad(models.DownConv(features, polyphase=polyphase))
+  for form in models.DOWNSAMPLE:
+    (gp, gx), y = grad(models.DownConv(features, downsample=form))
     np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(ref_gp), strict=True):
@@ -360,10 +361,10 @@ def test_polyphase_rejects_odd_sizes():
 
 
 def test_models_polyphase_and_native_agree():
-  """Generator and discriminator give the same outputs with either DownConv form."""
+  """Generator and discriminator give the same outputs with every DownConv form."""
   patches, z = _inputs(jax.random.key(5), BATCH, 3, SMALL["image_size"], SMALL["z_dim"])
-  gens = [models.Generator(**SMALL, polyphase=p) for p in (False, True)]
-  discs = [models.KindsDiscriminator(image_size=16, conv_dim=8, polyphase=p) for p in (False, True)]
+  gens = [models.Generator(**SMALL, downsample=f) for f in models.DOWNSAMPLE]
+  discs = [models.KindsDiscriminator(image_size=16, conv_dim=8, downsample=f) for f in models.DOWNSAMPLE]
   images = patches[:, :2].transpose(1, 0, 2, 3, 4)  # [K=2, B, S, S, 3]
 
   @jax.jit
@@ -482,7 +483,7 @@ def test_build_models_from_default_config():
   gen, disc = models.build_models(config)
   assert isinstance(gen, models.Generator) and isinstance(disc, models.KindsDiscriminator)
   assert gen.image_size == disc.image_size == config.image_size == 64
-  assert gen.subpixel == (jax.default_backend() == "cpu")  # upsample "auto"
+  assert gen.upsample == disc.downsample == "auto"
   s = config.image_size
   patches = jax.ShapeDtypeStruct((2, config.num_patches, s, s, 3), jnp.float32)
   z = jax.ShapeDtypeStruct((2, config.model.z_dim), jnp.float32)
@@ -496,11 +497,48 @@ def test_build_models_from_default_config():
   assert models.count_params(dv["params"]) == official["discriminator"]
 
 
-def test_resolve_subpixel_rejects_unknown():
-  assert models.resolve_subpixel("subpixel") is True
-  assert models.resolve_subpixel("transpose") is False
-  with pytest.raises(ValueError):
-    models.resolve_subpixel("bilinear")
+def test_resolve_forms():
+  """ "auto" picks per layer on CPU; explicit forms pass through; unknown ones name the config field."""
+  assert jax.default_backend() == "cpu"
+  assert models.resolve_downsample("auto", 3) == models.resolve_downsample("auto", 64) == "im2col"
+  assert models.resolve_downsample("auto", 128) == "polyphase"
+  assert models.resolve_upsample("auto", 128, 3) == "subpixel_matmul"
+  assert models.resolve_upsample("auto", 512, 128) == "subpixel"
+  assert models.resolve_downsample("native", 3) == "native"
+  assert models.resolve_upsample("transpose", 128, 3) == "transpose"
+  with pytest.raises(ValueError, match="config.model.upsample"):
+    models.resolve_upsample("bilinear", 4, 4)
+  with pytest.raises(ValueError, match="config.model.downsample"):
+    models.check_forms("auto", "strided")
+
+
+@pytest.mark.parametrize("conv", [models.im2col_conv, models.matmul_shift_conv])
+@pytest.mark.parametrize(
+  "kernel_hw,strides,padding",
+  [
+    ((3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((3, 2), (1, 1), ((1, 1), (0, 1))),
+    ((5, 5), (2, 2), ((2, 2), (2, 2))),
+    ((4, 4), (1, 1), ((0, 0), (0, 0))),
+  ],
+)
+def test_matmul_convs_equal_lax_conv(conv, kernel_hw, strides, padding):
+  """im2col and matmul-then-shift convolutions == lax.conv_general_dilated (values and both gradients)."""
+  kx, kk = jax.random.split(jax.random.key(11))
+  x = jax.random.normal(kx, (2, 8, 6, 5))
+  kernel = jax.random.normal(kk, (*kernel_hw, 5, 3))
+
+  def loss(f, x, kernel):
+    y = f(x, kernel, strides, padding)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), y
+
+  def grad(f):
+    return jax.jit(jax.grad(functools.partial(loss, f), argnums=(0, 1), has_aux=True))(x, kernel)
+
+  (ref_gx, ref_gk), ref_y = grad(models.lax_conv)
+  (gx, gk), y = grad(conv)
+  for a, b in ((y, ref_y), (gx, ref_gx), (gk, ref_gk)):  # float32 sums in another order
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
 def test_models_module_imports_in_a_fresh_interpreter():
