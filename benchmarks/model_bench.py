@@ -118,7 +118,8 @@ def time_layers(repeats: int) -> list[dict]:
   for kind, batch, size, cin, cout in STEP_LAYERS:
     x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
     if kind == "down":
-      forms, auto = models.DOWNSAMPLE, models.resolve_downsample("auto", cin)
+      # the step vmaps D over the kinds: the module sees one kind's patch matrix
+      forms, auto = models.DOWNSAMPLE, models.resolve_downsample("auto", x.size // NUM_KINDS // 4 * 25 * 4)
       modules = [models.DownConv(cout, downsample=form) for form in forms]
     else:
       forms, auto = models.UPSAMPLE, models.resolve_upsample("auto", cin, cout)

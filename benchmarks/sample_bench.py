@@ -4,7 +4,8 @@
 
 Default config widths, random init (no checkpoint). Prints images/s of the
 jitted eval-mode forward pass (`inference.generate_fn`, the one `sample`
-uses), its GFLOP/s from XLA's cost analysis, the GFLOP/s of a float32
+uses), its GFLOP/s from XLA's cost analysis (of the forward pass with the
+native convolutions: the model's work, as in train_step_bench), the GFLOP/s of a float32
 2048x2048 matmul measured in the same run, and their ratio (roofline
 fraction; target >= 0.5). With --json the last line is one JSON object.
 """
@@ -35,8 +36,8 @@ def best_seconds(fn, *args, iters: int) -> float:
 
 
 def flops(fn, *args) -> float:
-  """XLA's FLOP count of one call of the jitted `fn`."""
-  cost = fn.lower(*args).compile().cost_analysis()
+  """XLA's FLOP count of one call of the jitted `fn` (as lowered)."""
+  cost = fn.lower(*args).cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost
   return float(cost["flops"])
 
@@ -56,11 +57,14 @@ def main() -> None:
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--matmul-size", type=int, default=2048)
   p.add_argument("--batch-stats", action="store_true", help="train-mode BatchNorm as the official sampler")
+  p.add_argument("--upsample", default="auto", choices=["auto", *models.UPSAMPLE])
+  p.add_argument("--downsample", default="auto", choices=["auto", *models.DOWNSAMPLE])
   p.add_argument("--json", action="store_true")
   args = p.parse_args()
 
   config = default.get_config()
   config.image_size = args.image_size
+  config.model.upsample, config.model.downsample = args.upsample, args.downsample
   generator, _ = models.build_models(config)
   s, n, b = args.image_size, args.num_patches, args.batch
   patch_sets = jax.random.uniform(jax.random.key(0), (b, n, s, s, 3), minval=-1.0, maxval=1.0)
@@ -69,7 +73,9 @@ def main() -> None:
   generate = jax.jit(inference.generate_fn(generator, batch_stats=args.batch_stats))
 
   seconds = best_seconds(generate, variables, patch_sets, z, iters=args.iters)
-  gflops = flops(generate, variables, patch_sets, z) / seconds / 1e9
+  config.model.upsample, config.model.downsample = "transpose", "native"
+  native = jax.jit(inference.generate_fn(models.build_models(config)[0], batch_stats=args.batch_stats))
+  gflops = flops(native, variables, patch_sets, z) / seconds / 1e9
   peak = matmul_gflops(args.matmul_size, args.iters)
   result = {
     "images_per_s": b / seconds,
@@ -82,7 +88,10 @@ def main() -> None:
     "backend": jax.default_backend(),
     "devices": jax.device_count(),
   }
-  print(f"{jax.default_backend()} x{jax.device_count()}, batch {b}, {s}x{s}, N={n}")
+  print(
+    f"{jax.default_backend()} x{jax.device_count()}, batch {b}, {s}x{s}, N={n}, "
+    f"upsample={args.upsample}, downsample={args.downsample}"
+  )
   print(f"sampling: {result['images_per_s']:.1f} images/s, {gflops:.1f} GFLOP/s")
   print(f"matmul {args.matmul_size}: {peak:.1f} GFLOP/s -> roofline fraction {result['roofline_fraction']:.2f}")
   if args.json:

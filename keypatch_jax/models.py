@@ -80,20 +80,33 @@ def _batch_norm(train: bool, axis_name: Any, dtype: Dtype, param_dtype: Dtype):
 #                                       to all taps followed by shifted sums
 #
 # All forms give the same outputs and gradients (tests/test_models.py). "auto"
-# picks native/transpose off CPU and, on CPU, the form measured fastest for the
-# layer's channels (benchmarks/model_bench.py --layers).
+# picks native/transpose off CPU and, on CPU, per layer, the form measured
+# fastest there (benchmarks/model_bench.py --layers): im2col in training, where
+# its matmul kernel gradient wins, polyphase for forward-only passes (train=False,
+# e.g. sampling) except on 1-3 input channels; subpixel_matmul for narrow outputs.
 DOWNSAMPLE = ("native", "polyphase", "im2col")
 UPSAMPLE = ("transpose", "subpixel", "subpixel_matmul")
-IM2COL_MAX_CIN = 64  # on CPU, im2col for Cin <= 64 (patch matrix <= 1600 columns)
+# On CPU in training, im2col when its patch matrix (B * Ho * Wo * 25 * Cin
+# values, as the module sees it: the vmapped patch and kind axes multiply it)
+# fits in this, else polyphase. Covers every layer at S = 64 and 128 with the
+# paper's batch. Forward-only, im2col only for Cin <= IM2COL_FORWARD_MAX_CIN.
+IM2COL_MAX_BYTES = 256 * 2**20
+IM2COL_FORWARD_MAX_CIN = 4
 MATMUL_MAX_OUT_RATIO = 8  # on CPU, subpixel_matmul when Cout * 8 <= Cin (narrow outputs)
 
 
-def resolve_downsample(setting: str, in_features: int) -> str:
-  """config.model.downsample ("auto" or one of DOWNSAMPLE) -> the form for one layer."""
+def resolve_downsample(setting: str, patch_bytes: int, in_features: int = 0, train: bool = True) -> str:
+  """config.model.downsample ("auto" or one of DOWNSAMPLE) -> the form for one layer.
+
+  `patch_bytes` is the size of the layer's im2col patch matrix, `in_features`
+  its Cin; `train` False marks a forward-only pass. Only "auto" reads them.
+  """
   if setting == "auto":
     if jax.default_backend() != "cpu":
       return "native"
-    return "im2col" if in_features <= IM2COL_MAX_CIN else "polyphase"
+    if not train:
+      return "im2col" if in_features <= IM2COL_FORWARD_MAX_CIN else "polyphase"
+    return "im2col" if patch_bytes <= IM2COL_MAX_BYTES else "polyphase"
   if setting not in DOWNSAMPLE:
     raise ValueError(f"config.model.downsample must be auto or one of {'/'.join(DOWNSAMPLE)}, got {setting!r}")
   return setting
@@ -318,7 +331,8 @@ class DownConv(nn.Module):
   (identical results, see DOWNSAMPLE): "native" (best on TPU/GPU),
   "polyphase", "im2col", or "auto".
 
-  x [B, H, W, Cin] -> [B, H / 2, W / 2, features].
+  x [B, H, W, Cin] -> [B, H / 2, W / 2, features]. `train` (default True)
+  only tells "auto" whether the pass will be differentiated (see DOWNSAMPLE).
   """
 
   features: int
@@ -327,11 +341,12 @@ class DownConv(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (5, 5, x.shape[-1], self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    form = resolve_downsample(self.downsample, x.shape[-1])
+    patch_bytes = x.size // 4 * 25 * x.dtype.itemsize  # [B, H/2, W/2, 25 * Cin]
+    form = resolve_downsample(self.downsample, patch_bytes, x.shape[-1], train)
     if form == "polyphase":
       y = polyphase_conv(x, kernel)
     elif form == "im2col":
@@ -362,7 +377,7 @@ class PartEncoder(nn.Module):
     norm = _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
     feats = []
     for level in range(num_levels(self.image_size)):
-      x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x)
+      x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x, train)
       if level > 0:
         x = norm(name=f"bn{level}")(x)
       x = nn.leaky_relu(x, LEAK)
@@ -512,7 +527,7 @@ class Discriminator(nn.Module):
     conv = functools.partial(DownConv, downsample=self.downsample, dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     for level in range(num_levels(self.image_size)):
-      x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x)
+      x = conv(level_width(level, self.conv_dim), name=f"conv{level}")(x, train)
       if level > 0:
         x = _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)(name=f"bn{level}")(x)
       x = nn.leaky_relu(x, LEAK)
@@ -561,7 +576,7 @@ class _PositionalDiscriminator(Discriminator):
 def check_forms(upsample: str, downsample: str) -> None:
   """Raises ValueError naming config.model.upsample/downsample if either is unknown."""
   resolve_upsample(upsample, 1, 1)
-  resolve_downsample(downsample, 1)
+  resolve_downsample(downsample, 0)
 
 
 def build_models(config, *, axis_name: str | None = None) -> tuple[Generator, KindsDiscriminator]:

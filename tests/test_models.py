@@ -500,8 +500,10 @@ def test_build_models_from_default_config():
 def test_resolve_forms():
   """ "auto" picks per layer on CPU; explicit forms pass through; unknown ones name the config field."""
   assert jax.default_backend() == "cpu"
-  assert models.resolve_downsample("auto", 3) == models.resolve_downsample("auto", 64) == "im2col"
-  assert models.resolve_downsample("auto", 128) == "polyphase"
+  assert models.resolve_downsample("auto", models.IM2COL_MAX_BYTES) == "im2col"
+  assert models.resolve_downsample("auto", models.IM2COL_MAX_BYTES + 1) == "polyphase"
+  assert models.resolve_downsample("auto", 1, in_features=3, train=False) == "im2col"
+  assert models.resolve_downsample("auto", 1, in_features=64, train=False) == "polyphase"
   assert models.resolve_upsample("auto", 128, 3) == "subpixel_matmul"
   assert models.resolve_upsample("auto", 512, 128) == "subpixel"
   assert models.resolve_downsample("native", 3) == "native"
