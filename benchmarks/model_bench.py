@@ -122,7 +122,7 @@ def time_layers(repeats: int) -> list[dict]:
       forms, auto = models.DOWNSAMPLE, models.resolve_downsample("auto", x.size // NUM_KINDS // 4 * 25 * 4)
       modules = [models.DownConv(cout, downsample=form) for form in forms]
     else:
-      forms, auto = models.UPSAMPLE, models.resolve_upsample("auto", cin, cout)
+      forms, auto = models.UPSAMPLE, models.resolve_upsample("auto", batch * size * size * 9 * cout * 4)
       modules = [models.UpConv(cout, upsample=form) for form in forms]
     variables = modules[0].init(jax.random.key(1), x)
     row = {"layer": f"{kind} {size}x{size} {cin}->{cout} batch {batch}", "auto": auto}

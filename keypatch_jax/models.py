@@ -83,16 +83,17 @@ def _batch_norm(train: bool, axis_name: Any, dtype: Dtype, param_dtype: Dtype):
 # picks native/transpose off CPU and, on CPU, per layer, the form measured
 # fastest there (benchmarks/model_bench.py --layers): im2col in training, where
 # its matmul kernel gradient wins, polyphase for forward-only passes (train=False,
-# e.g. sampling) except on 1-3 input channels; subpixel_matmul for narrow outputs.
+# e.g. sampling) except on 1-3 input channels; subpixel_matmul for up-sampling.
+# The matmul forms fall back to polyphase/subpixel when their intermediate
+# (patch or tap-output matrix) would exceed MATMUL_FORM_MAX_BYTES.
 DOWNSAMPLE = ("native", "polyphase", "im2col")
 UPSAMPLE = ("transpose", "subpixel", "subpixel_matmul")
-# On CPU in training, im2col when its patch matrix (B * Ho * Wo * 25 * Cin
-# values, as the module sees it: the vmapped patch and kind axes multiply it)
-# fits in this, else polyphase. Covers every layer at S = 64 and 128 with the
-# paper's batch. Forward-only, im2col only for Cin <= IM2COL_FORWARD_MAX_CIN.
-IM2COL_MAX_BYTES = 256 * 2**20
-IM2COL_FORWARD_MAX_CIN = 4
-MATMUL_MAX_OUT_RATIO = 8  # on CPU, subpixel_matmul when Cout * 8 <= Cin (narrow outputs)
+# Size limit of the matmul forms' intermediates on CPU "auto": the im2col patch
+# matrix (B * Ho * Wo * 25 * Cin values) and the sub-pixel tap outputs (B * H *
+# W * 9 * Cout), as the module sees them (the vmapped patch and kind axes
+# multiply them). Every layer at S = 64 and 128 with the paper's batch fits.
+MATMUL_FORM_MAX_BYTES = 256 * 2**20
+IM2COL_FORWARD_MAX_CIN = 4  # forward-only, im2col only for Cin <= this
 
 
 def resolve_downsample(setting: str, patch_bytes: int, in_features: int = 0, train: bool = True) -> str:
@@ -106,18 +107,21 @@ def resolve_downsample(setting: str, patch_bytes: int, in_features: int = 0, tra
       return "native"
     if not train:
       return "im2col" if in_features <= IM2COL_FORWARD_MAX_CIN else "polyphase"
-    return "im2col" if patch_bytes <= IM2COL_MAX_BYTES else "polyphase"
+    return "im2col" if patch_bytes <= MATMUL_FORM_MAX_BYTES else "polyphase"
   if setting not in DOWNSAMPLE:
     raise ValueError(f"config.model.downsample must be auto or one of {'/'.join(DOWNSAMPLE)}, got {setting!r}")
   return setting
 
 
-def resolve_upsample(setting: str, in_features: int, features: int) -> str:
-  """config.model.upsample ("auto" or one of UPSAMPLE) -> the form for one layer."""
+def resolve_upsample(setting: str, tap_bytes: int) -> str:
+  """config.model.upsample ("auto" or one of UPSAMPLE) -> the form for one layer.
+
+  `tap_bytes` is the size of the layer's largest sub-pixel tap-output matrix.
+  """
   if setting == "auto":
     if jax.default_backend() != "cpu":
       return "transpose"
-    return "subpixel_matmul" if features * MATMUL_MAX_OUT_RATIO <= in_features else "subpixel"
+    return "subpixel_matmul" if tap_bytes <= MATMUL_FORM_MAX_BYTES else "subpixel"
   if setting not in UPSAMPLE:
     raise ValueError(f"config.model.upsample must be auto or one of {'/'.join(UPSAMPLE)}, got {setting!r}")
   return setting
@@ -158,8 +162,9 @@ def matmul_shift_conv(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding=(
 
   z = x @ [Cin, kh*kw*Cout] holds each tap's contribution at each input
   pixel; the output sums tap (ky, kx)'s plane shifted by (ky, kx). Reads x
-  once, so it suits narrow outputs (the 1- and 3-channel last layers), where
-  XLA:CPU's convolution is slowest. Same result as `lax.conv_general_dilated`.
+  once; on XLA:CPU it is 2.6x faster than the convolution for the 1- and
+  3-channel last layers and on par or faster for the wider sub-pixel layers
+  (benchmarks/model_bench.py --layers). Same result as `lax.conv_general_dilated`.
 
   x [B, H, W, Cin], kernel [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout].
   """
@@ -263,7 +268,8 @@ class UpConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    form = resolve_upsample(self.upsample, x.shape[-1], self.features)
+    tap_bytes = x.size // x.shape[-1] * 9 * self.features * x.dtype.itemsize  # [B, H, W, 9 * Cout]
+    form = resolve_upsample(self.upsample, tap_bytes)
     if form == "transpose":
       y = jax.lax.conv_transpose(x, kernel, (2, 2), UP_PADDING, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     else:
@@ -575,7 +581,7 @@ class _PositionalDiscriminator(Discriminator):
 
 def check_forms(upsample: str, downsample: str) -> None:
   """Raises ValueError naming config.model.upsample/downsample if either is unknown."""
-  resolve_upsample(upsample, 1, 1)
+  resolve_upsample(upsample, 0)
   resolve_downsample(downsample, 0)
 
 

@@ -500,16 +500,16 @@ def test_build_models_from_default_config():
 def test_resolve_forms():
   """ "auto" picks per layer on CPU; explicit forms pass through; unknown ones name the config field."""
   assert jax.default_backend() == "cpu"
-  assert models.resolve_downsample("auto", models.IM2COL_MAX_BYTES) == "im2col"
-  assert models.resolve_downsample("auto", models.IM2COL_MAX_BYTES + 1) == "polyphase"
+  assert models.resolve_downsample("auto", models.MATMUL_FORM_MAX_BYTES) == "im2col"
+  assert models.resolve_downsample("auto", models.MATMUL_FORM_MAX_BYTES + 1) == "polyphase"
   assert models.resolve_downsample("auto", 1, in_features=3, train=False) == "im2col"
   assert models.resolve_downsample("auto", 1, in_features=64, train=False) == "polyphase"
-  assert models.resolve_upsample("auto", 128, 3) == "subpixel_matmul"
-  assert models.resolve_upsample("auto", 512, 128) == "subpixel"
+  assert models.resolve_upsample("auto", models.MATMUL_FORM_MAX_BYTES) == "subpixel_matmul"
+  assert models.resolve_upsample("auto", models.MATMUL_FORM_MAX_BYTES + 1) == "subpixel"
   assert models.resolve_downsample("native", 3) == "native"
-  assert models.resolve_upsample("transpose", 128, 3) == "transpose"
+  assert models.resolve_upsample("transpose", 1) == "transpose"
   with pytest.raises(ValueError, match="config.model.upsample"):
-    models.resolve_upsample("bilinear", 4, 4)
+    models.resolve_upsample("bilinear", 4)
   with pytest.raises(ValueError, match="config.model.downsample"):
     models.check_forms("auto", "strided")
 
