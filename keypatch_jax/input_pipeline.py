@@ -23,6 +23,7 @@ Layout: every array of a training batch is [local_devices, per_device_batch,
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,6 +165,42 @@ def _records(files: list[str], seed: int | None, cycle_length: int = 8):
   )
 
 
+def find_corrupt_shard(meta: DatasetMeta, files: list[str]) -> tuple[str, int, str] | None:
+  """The first of `files` that does not read and parse to the end.
+
+  Returns:
+    (file, number of good records before the bad one, TensorFlow's message),
+    or None when every file reads.
+  """
+  tf = _tf()
+  n, s = meta.num_patches, meta.image_size
+  for path in files:
+    count = 0
+    try:
+      for _ in tf.data.TFRecordDataset(path).map(lambda r: features.parse_example(r, n, s)).as_numpy_iterator():
+        count += 1
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      message = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", " ".join(str(e).split()))  # drop TF's op context
+      return path, count, message.strip()[:200]
+  return None
+
+
+def _numpy_batches(ds, meta: DatasetMeta, files: list[str]) -> Iterator[dict[str, Any]]:
+  """`ds.as_numpy_iterator()`, turning a corrupt or truncated shard into a one-line DatasetFormatError."""
+  tf = _tf()
+  try:
+    yield from ds.as_numpy_iterator()
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    found = find_corrupt_shard(meta, files)
+    if found is None:  # not a data problem after all
+      raise
+    path, count, message = found
+    raise features.DatasetFormatError(
+      f"{path}: unreadable after {count} good records ({message}); delete that file and rerun the same "
+      "`python -m preprocessing` command, which rewrites missing shards"
+    ) from e
+
+
 def _host_files(meta: DatasetMeta, split: str) -> tuple[list[str], bool]:
   """This process's shard files, and whether records still need `shard()`."""
   files = features.split_files(meta.data_dir, split)
@@ -300,9 +337,10 @@ def train_iterator(meta: DatasetMeta, config, start_step: int = 0) -> Iterator[d
   spe = steps_per_epoch(meta, config.batch_size)
   epoch, skip = divmod(start_step, spe)
   devices = jax.local_device_count()
+  files = features.split_files(meta.data_dir, "train")
   while True:
     ds = _train_dataset(meta, config, epoch, skip, host_batch).take(spe - skip)
-    for batch in ds.as_numpy_iterator():
+    for batch in _numpy_batches(ds, meta, files):
       yield shard_batch(batch, devices)
     epoch, skip = epoch + 1, 0
 
@@ -336,4 +374,4 @@ def eval_batches(
   if limit is not None:
     ds = ds.take(limit)
   ds = ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
-  yield from ds.prefetch(AUTOTUNE).as_numpy_iterator()
+  yield from _numpy_batches(ds.prefetch(AUTOTUNE), meta, files)

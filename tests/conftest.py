@@ -39,6 +39,22 @@ def tiny_data(tmp_path_factory) -> str:
   return out
 
 
+def corrupt_copy(data_dir: str, dest, split: str) -> tuple[str, str]:
+  """A copy of `data_dir` whose first `split` shard has one byte flipped mid-file: (copy, that shard)."""
+  import glob
+  import shutil
+
+  out = str(dest / "corrupt_data")
+  shutil.copytree(data_dir, out)
+  shard = sorted(glob.glob(os.path.join(out, f"{split}-*.tfrecord")))[0]
+  with open(shard, "r+b") as f:
+    f.seek(os.path.getsize(shard) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  return out, shard
+
+
 def tiny_config(data_dir: str, **overrides):
   """configs/tiny.py pointed at `data_dir`, with dotted-key overrides."""
   from configs import tiny

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+from conftest import corrupt_copy
 
 from keypatch_jax import evaluate, losses, metrics
 
@@ -76,3 +77,13 @@ def test_bad_data_is_one_line_error(trained_workdir, tmp_path, capsys):
   assert evaluate.main(["--workdir", trained_workdir, "--data", str(tmp_path)]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("keypatch_jax.evaluate: error: ")
+
+
+def test_corrupt_shard_is_one_line_error_naming_it(trained_workdir, tiny_data, tmp_path, capsys):
+  """A damaged TFRecord shard: one line naming the file and what to do, no traceback."""
+  data, shard = corrupt_copy(tiny_data, tmp_path, "test")
+  assert evaluate.main(["--workdir", trained_workdir, "--data", data, "--output", str(tmp_path / "m.json")]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("keypatch_jax.evaluate: error: "), err
+  assert shard in err[0] and "rerun" in err[0]
+  assert not (tmp_path / "m.json").exists()

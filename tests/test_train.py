@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import corrupt_copy, tiny_config
 
-from keypatch_jax import checkpoint, input_pipeline, train
+from keypatch_jax import checkpoint, features, input_pipeline, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
@@ -300,3 +300,15 @@ def test_bad_config_or_data_is_a_one_line_error(tiny_data, tmp_path, args, expec
   assert "Traceback" not in err
   lines = [line for line in err.splitlines() if line.startswith("keypatch_jax.main: error:")]
   assert len(lines) == 1 and expected in lines[0], err[-2000:]
+
+
+def test_corrupt_train_shard_names_the_file(tiny_data, tmp_path):
+  """Reading a damaged shard raises DatasetFormatError (a one-line CLI error) naming it."""
+  data, shard = corrupt_copy(tiny_data, tmp_path, "train")
+  config = tiny_config(data)
+  meta = input_pipeline.load_meta(data, config.image_size, config.num_patches)
+  assert input_pipeline.find_corrupt_shard(meta, features.split_files(tiny_data, "train")) is None
+  with pytest.raises(features.DatasetFormatError, match="rerun") as e:
+    for _ in input_pipeline.train_iterator(meta, config):
+      pass
+  assert shard in str(e.value) and "\n" not in str(e.value)
