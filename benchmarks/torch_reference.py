@@ -232,7 +232,7 @@ def main() -> None:
   measure_jax = None
   if not args.torch_only:
     try:
-      from train_step_bench import measure_jax
+      from train_step_bench import bench_config, measure_jax
     except ImportError as e:
       sys.exit(f"benchmarks/train_step_bench.py (measure_jax) is not available: {e}")
 
@@ -249,7 +249,7 @@ def main() -> None:
   )
   result = {"torch_images_per_s": torch_result["images_per_s"], "params_equal": params_equal}
   if measure_jax is not None:
-    jax_result = measure_jax(*timing)
+    jax_result = measure_jax(bench_config(args.image_size, args.batch, args.num_patches), args.repeats, args.warmup)
     result["jax_images_per_s"] = jax_result["images_per_s"]
     result["ratio"] = jax_result["images_per_s"] / torch_result["images_per_s"]
     print(f"jax: {result['jax_images_per_s']:.2f} images/s, jax/torch = {result['ratio']:.2f}")

@@ -55,9 +55,10 @@ def bench_config(
   image_size: int,
   batch_size: int,
   num_patches: int,
+  *,
   upsample: str = "auto",
-  dtype: str = "float32",
   downsample: str = "auto",
+  dtype: str = "float32",
 ):
   """The default (paper) config at the given S, global batch and N."""
   config = default.get_config()
@@ -80,18 +81,8 @@ def random_batch(config, devices: int, seed: int = 0) -> dict[str, np.ndarray]:
   }
 
 
-def measure_jax(
-  image_size: int,
-  batch_size: int,
-  num_patches: int,
-  repeats: int,
-  warmup: int,
-  upsample: str = "auto",
-  dtype: str = "float32",
-  downsample: str = "auto",
-) -> dict:
-  """Times the pmapped train step; returns images/s, compile and FLOP figures."""
-  config = bench_config(image_size, batch_size, num_patches, upsample, dtype, downsample)
+def measure_jax(config, repeats: int, warmup: int) -> dict:
+  """Times the pmapped train step of `config` (see `bench_config`); returns images/s, compile and FLOP figures."""
   devices = jax.local_device_count()
   state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
   pstate = train.replicate(state)
@@ -106,7 +97,8 @@ def measure_jax(
   # The model's work: the same step with the native strided/transposed convolutions
   # (XLA counts their taps exactly, no zeros). The CPU forms add adds of their own
   # (im2col patch gradients, shift sums) that are not model work and not credited.
-  native = bench_config(image_size, batch_size, num_patches, "transpose", dtype, "native")
+  native = config.copy_and_resolve_references()
+  native.model.upsample, native.model.downsample = "transpose", "native"
   flops = _flops(train.parallelize(train.step_fn(native, 1000), native.parallel).lower(pstate, batch, rng)) * devices
   counter = train.CompileCounter()  # any further compile during the run is a bug
   counter.active = True
@@ -122,15 +114,15 @@ def measure_jax(
   counter.active = False
   median = statistics.median(times)
   return {
-    "image_size": image_size,
-    "batch_size": batch_size,
+    "image_size": config.image_size,
+    "batch_size": config.batch_size,
     "devices": devices,
     "backend": jax.default_backend(),
-    "upsample": upsample,
-    "downsample": downsample,
-    "dtype": dtype,
+    "upsample": config.model.upsample,
+    "downsample": config.model.downsample,
+    "dtype": config.model.dtype,
     "step_s": median,
-    "images_per_s": batch_size / median,
+    "images_per_s": config.batch_size / median,
     "compile_s": compile_s,
     "compiles": 1 + counter.compiles,
     "step_gflops": flops / 1e9,
@@ -166,9 +158,10 @@ def main() -> None:
   parser.add_argument("--json", action="store_true", help="last line: one JSON object")
   args = parser.parse_args()
 
-  result = measure_jax(
-    args.image_size, args.batch, args.num_patches, args.repeats, args.warmup, args.upsample, args.dtype, args.downsample
+  config = bench_config(
+    args.image_size, args.batch, args.num_patches, upsample=args.upsample, downsample=args.downsample, dtype=args.dtype
   )
+  result = measure_jax(config, args.repeats, args.warmup)
   result["matmul_gflops_per_s"] = matmul_gflops()
   result["roofline_fraction"] = result["gflops_per_s"] / result["matmul_gflops_per_s"]
   print(

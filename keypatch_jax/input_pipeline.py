@@ -337,7 +337,7 @@ def train_iterator(meta: DatasetMeta, config, start_step: int = 0) -> Iterator[d
   spe = steps_per_epoch(meta, config.batch_size)
   epoch, skip = divmod(start_step, spe)
   devices = jax.local_device_count()
-  files = features.split_files(meta.data_dir, "train")
+  files, _ = _host_files(meta, "train")  # this process's shards, searched if one is unreadable
   while True:
     ds = _train_dataset(meta, config, epoch, skip, host_batch).take(spe - skip)
     for batch in _numpy_batches(ds, meta, files):

@@ -318,13 +318,7 @@ def polyphase_conv(x: jax.Array, kernel: jax.Array, pad_lo: int = 2) -> jax.Arra
   y = None
   for py, ky, lo_y, hi_y in _phase_taps(kernel.shape[0], pad_lo):
     for px, kx, lo_x, hi_x in _phase_taps(kernel.shape[1], pad_lo):
-      part = jax.lax.conv_general_dilated(
-        x[:, py::2, px::2],
-        kernel[np.array(ky)][:, np.array(kx)],
-        (1, 1),
-        ((lo_y, hi_y), (lo_x, hi_x)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      )
+      part = lax_conv(x[:, py::2, px::2], kernel[np.array(ky)][:, np.array(kx)], (1, 1), ((lo_y, hi_y), (lo_x, hi_x)))
       y = part if y is None else y + part
   return y
 
