@@ -4,6 +4,16 @@ Example (the built-in demo dataset):
 
   python -m preprocessing --source synthetic --num-images 2000 --output DATA \
       --image-size 64 --preview 8
+
+Boxes from a file instead of detection (the authors' CelebA boxes):
+
+  python -m preprocessing --source folder:img_align_celeba --center-crop 108 \
+      --boxes celebA_allbbs.mat --boxes-scale 128 --output DATA
+
+One dataset over K machines or processes (the same command on each, then once more with --merge):
+
+  python -m preprocessing ... --num-tasks K --task-index I     # I = 0 .. K-1
+  python -m preprocessing ... --num-tasks K --merge
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 
-from preprocessing import detect, images, run, sources, worker, writer
+from preprocessing import boxes_file, detect, images, run, sources, worker, writer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
   a("--shard-size", type=int, default=1024, help="source images per shard")
   a("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
   a("--sed-model", default=None, help="structured-edge model (model.yml.gz); default: gradient")
+  a("--boxes", default=None, help="take the boxes from FILE (.mat | .csv | .jsonl) instead of detecting them")
+  a(
+    "--boxes-scale",
+    type=float,
+    default=None,
+    help="the --boxes frame is F x F over the (cropped) image (authors' CelebA: 128, CompCars: 1); default pixels",
+  )
+  a(
+    "--boxes-row",
+    choices=boxes_file.ROW_RULES,
+    default="auto",
+    help=".mat row of an image: number (file k.jpg -> row k-1), index (position in the sorted folder), auto",
+  )
+  a("--num-tasks", type=int, default=1, help="split the job over K tasks (machines or processes)")
+  a("--task-index", type=int, default=None, help="which task this is, 0 .. K-1 (with --num-tasks K > 1)")
+  a("--merge", action="store_true", help="after all --num-tasks tasks: check their shards, write dataset_info.json")
   a("--preview", type=int, default=0, help="write K preview PNGs with boxes to OUTPUT/preview")
   a("--seed", type=int, default=0, help="seed of the synthetic source")
   a("--quiet", action="store_true", help="no progress bar")
@@ -87,6 +113,36 @@ def check_options(args: argparse.Namespace) -> str | None:
       args.sed_model is not None and not os.path.isfile(args.sed_model),
       f"--sed-model {args.sed_model}: no such file",
     ),
+    (
+      args.boxes is not None and "://" not in args.boxes and not os.path.isfile(args.boxes),
+      f"--boxes {args.boxes}: no such file",
+    ),
+    (args.boxes is not None and args.sed_model is not None, "--boxes and --sed-model exclude each other"),
+    (
+      args.boxes_scale is not None and args.boxes is None,
+      f"--boxes-scale {args.boxes_scale}: only with --boxes",
+    ),
+    (
+      args.boxes_scale is not None and not args.boxes_scale > 0,
+      f"--boxes-scale {args.boxes_scale}: must be > 0",
+    ),
+    (
+      args.boxes is not None and args.boxes.lower().endswith(".mat") and args.boxes_scale is None,
+      f"--boxes {args.boxes}: a .mat file needs --boxes-scale F (the authors' CelebA file: 128, CompCars: 1)",
+    ),
+    (args.num_tasks < 1, f"--num-tasks {args.num_tasks}: must be >= 1"),
+    (
+      args.merge and args.task_index is not None,
+      "--merge runs once after all tasks: leave out --task-index",
+    ),
+    (
+      args.num_tasks > 1 and not args.merge and args.task_index is None,
+      f"--num-tasks {args.num_tasks}: give --task-index I (0 .. {args.num_tasks - 1}) or --merge",
+    ),
+    (
+      args.task_index is not None and not 0 <= args.task_index < args.num_tasks,
+      f"--task-index {args.task_index}: must be in 0 .. {args.num_tasks - 1} (--num-tasks {args.num_tasks})",
+    ),
   ]
   return next((msg for bad, msg in rules if bad), None)
 
@@ -106,7 +162,20 @@ def make_settings(args: argparse.Namespace) -> worker.Settings:
     center_crop=args.center_crop,
     box_filter=box_filter,
     sed_model=args.sed_model,
+    boxes_scale=args.boxes_scale,
   )
+
+
+def content_options(args: argparse.Namespace) -> dict:
+  """The options recorded in dataset_info.json (those a source or mode does not use left out)."""
+  options = vars(args).copy()
+  if args.source != "synthetic":
+    options.pop("num_images")
+    options.pop("seed")
+  if args.boxes is None:
+    for k in ("boxes", "boxes_scale", "boxes_row"):
+      options.pop(k)
+  return options
 
 
 def _check_sed_model(path: str) -> str | None:
@@ -133,12 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = sources.open_source(args.source, num_images=args.num_images, seed=args.seed)
     if args.test_count >= len(source.ids):
       parser.error(f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source images")
-    options = vars(args).copy()
-    if args.source != "synthetic":
-      options.pop("num_images")
-      options.pop("seed")
-    info = run.run(options, source, make_settings(args))
-  except (sources.SourceError, writer.OutputError) as e:
+    boxes = None
+    if args.boxes:
+      loaded = boxes_file.load(args.boxes)
+      boxes = boxes_file.assign(loaded, source.ids, args.num_patches, args.boxes_row, args.boxes_scale)
+    step = run.merge if args.merge else run.run
+    info = step(content_options(args), source, make_settings(args), boxes)
+  except (sources.SourceError, writer.OutputError, boxes_file.BoxesFileError) as e:
     parser.error(str(e))
   except BrokenProcessPool as e:
     print(f"{parser.prog}: error: a worker process died ({e}); rerun to resume", file=sys.stderr)
@@ -148,6 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 130
   c = info["counts"]
   rejected = sum(info["rejects"].values())
+  if "task_index" in info:
+    print(
+      f"task {info['task_index']} of {info['num_tasks']}: {info['shards']} shards, {c['train']} train + "
+      f"{c['test']} test examples in {args.output} ({rejected} rejected: {info['rejects']}); "
+      f"when all tasks are done: the same command with --merge instead of --task-index"
+    )
+    return 0
   print(
     f"wrote {c['train']} train + {c['test']} test examples to {args.output} ({rejected} rejected: {info['rejects']})"
   )

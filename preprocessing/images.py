@@ -26,7 +26,9 @@ REASONS = (
   "decode_error",  # a known format that OpenCV cannot decode
   "too_large",  # more than MAX_PIXELS and not reducible while decoding
   "too_small",  # shorter side < MIN_SIDE pixels
-  "too_few_boxes",  # fewer than N boxes survive the filters
+  "too_few_boxes",  # fewer than N boxes survive the filters (or in the --boxes file's row)
+  "no_boxes",  # --boxes: the file has no boxes for this image
+  "box_outside_image",  # --boxes: a box leaves the image or is empty
 )
 
 

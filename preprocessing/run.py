@@ -1,4 +1,8 @@
-"""Runs the whole offline job: plan, parallel detection, shard writing, info, preview."""
+"""Runs the whole offline job: plan, parallel detection, shard writing, info, preview.
+
+With several tasks (`--num-tasks K`), `run` writes one task's shards and
+`merge` writes `dataset_info.json` and the preview once all tasks are done.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from preprocessing import sources, worker, writer
+from preprocessing import boxes_file, sources, worker, writer
 
 PREVIEW_DIR = "preview"
+# How the job is split; the same dataset results for any value (not recorded, not checked).
+TASK_OPTIONS = ("num_tasks", "task_index", "merge")
 # Options that do not change the dataset's content (left out of the resume check).
-NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet")
+NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet", *TASK_OPTIONS)
 CHUNK = 4  # items per task sent to a worker
 IN_FLIGHT_PER_WORKER = 8  # queued tasks per worker
 
@@ -65,9 +71,13 @@ def start_pool(settings: worker.Settings, workers: int) -> ProcessPoolExecutor |
 
 
 def process_all(
-  pool: ProcessPoolExecutor | None, items: Iterable[sources.Item], workers: int, total: int, quiet: bool
+  pool: ProcessPoolExecutor | None,
+  items: Iterable[tuple[sources.Item, worker.Given]],
+  workers: int,
+  total: int,
+  quiet: bool,
 ) -> Iterator[worker.Result]:
-  """Processes items on `pool` (None: in-process); results in item order, with a progress bar.
+  """Processes (item, given) pairs on `pool` (None: in-process); results in item order, with a progress bar.
 
   At most `IN_FLIGHT_PER_WORKER * workers` chunks of `CHUNK` items are queued
   at a time, so memory stays bounded for sources that carry decoded arrays.
@@ -85,8 +95,8 @@ def process_all(
   )
   try:
     if pool is None:
-      for item in items:
-        yield worker.process_item(item)
+      for item, given in items:
+        yield worker.process_item(item, given)
         bar.update(1)
       return
     queue: collections.deque = collections.deque()
@@ -132,28 +142,108 @@ def write_shards(
       del buffers[shard.name]
 
 
-def run(options: dict[str, Any], source: sources.Source, settings: worker.Settings) -> dict[str, Any]:
+def _fingerprint(options: dict[str, Any], boxes: boxes_file.Assignment | None) -> dict[str, Any]:
+  """The content options (checked on resume and merge), with the boxes file's hash."""
+  fingerprint = {k: v for k, v in options.items() if k not in NON_CONTENT_OPTIONS}
+  if boxes is not None:
+    fingerprint["boxes_sha256"] = boxes.info["sha256"]
+  return fingerprint
+
+
+def _task(options: dict[str, Any]) -> tuple[int, int]:
+  return options.get("num_tasks", 1), options.get("task_index") or 0
+
+
+def run(
+  options: dict[str, Any],
+  source: sources.Source,
+  settings: worker.Settings,
+  boxes: boxes_file.Assignment | None = None,
+) -> dict[str, Any]:
   """Writes the dataset for `options` (the parsed CLI options) into `options['output']`.
 
+  With `num_tasks` K > 1, writes only task `task_index`'s shards (see
+  `writer.task_shards`); `merge` then writes the info.
+
+  Args:
+    options: the parsed CLI options.
+    source: the opened source.
+    settings: the workers' settings.
+    boxes: boxes from a `--boxes` file (per source index), or None to detect.
+
   Returns:
-    the dataset_info dict that was written.
+    the dataset_info dict that was written (one task), or for task I of K
+    {"task_index", "num_tasks", "shards", "counts", "rejects"} of its shards.
   """
   out_dir = options["output"]
-  recorded = {k: v for k, v in options.items() if k not in ("output",)}
-  fingerprint = {k: v for k, v in options.items() if k not in NON_CONTENT_OPTIONS}
+  num_tasks, task_index = _task(options)
   shards = writer.plan_shards(source.ids, options["test_count"], options["shard_size"])
+  owned = shards if num_tasks == 1 else writer.task_shards(shards, num_tasks, task_index)
   pool = start_pool(settings, options["workers"])  # workers start while TF imports
   try:
     _init_tf()
-    writer.prepare_output(out_dir, fingerprint)
-    pending = [s for s in shards if not writer.is_done(out_dir, s)]
+    writer.prepare_output(
+      out_dir, _fingerprint(options, boxes), None if num_tasks == 1 else owned, f".task{task_index}"
+    )
+    pending = writer.missing_shards(out_dir, owned)
     owner = {i: s for s in pending for i in s.indices}
-    items = source.items(set(owner))
+    items = ((item, None if boxes is None else boxes.given[item[0]]) for item in source.items(set(owner)))
     results = process_all(pool, items, options["workers"], len(owner), options["quiet"])
     write_shards(out_dir, source, pending, owner, results)
   finally:
     if pool is not None:
       pool.shutdown(wait=True, cancel_futures=True)
+  if num_tasks > 1:
+    counts, rejects = writer.collect_stats(out_dir, owned)
+    return {
+      "task_index": task_index,
+      "num_tasks": num_tasks,
+      "shards": len(owned),
+      "counts": counts,
+      "rejects": rejects,
+    }
+  return _write_info(options, source, settings, boxes, shards)
+
+
+def merge(
+  options: dict[str, Any],
+  source: sources.Source,
+  settings: worker.Settings,
+  boxes: boxes_file.Assignment | None = None,
+) -> dict[str, Any]:
+  """Writes `dataset_info.json` (and the preview) once all `num_tasks` tasks have written their shards.
+
+  Same arguments as `run`, which every task ran with the same options.
+
+  Raises:
+    writer.OutputError: the output holds shards of other options, or shards are
+      missing (the message names the unfinished tasks and one missing shard).
+  """
+  out_dir = options["output"]
+  num_tasks, _ = _task(options)
+  shards = writer.plan_shards(source.ids, options["test_count"], options["shard_size"])
+  _init_tf()
+  writer.prepare_output(out_dir, _fingerprint(options, boxes), owned=[], tag=".merge")
+  missing = writer.missing_shards(out_dir, shards)
+  if missing:
+    index = {s.name: k for k, s in enumerate(shards)}
+    tasks = sorted({index[s.name] % num_tasks for s in missing})
+    raise writer.OutputError(
+      f"--merge: {len(missing)} of {len(shards)} shards missing in {out_dir} (e.g. {missing[0].name}); "
+      f"run --num-tasks {num_tasks} --task-index {' / '.join(map(str, tasks))} to finish them first"
+    )
+  return _write_info(options, source, settings, boxes, shards)
+
+
+def _write_info(
+  options: dict[str, Any],
+  source: sources.Source,
+  settings: worker.Settings,
+  boxes: boxes_file.Assignment | None,
+  shards: list[writer.Shard],
+) -> dict[str, Any]:
+  out_dir = options["output"]
+  recorded = {k: v for k, v in options.items() if k not in ("output", *TASK_OPTIONS)}
   info = {
     "source": options["source"],
     "options": recorded,
@@ -161,9 +251,11 @@ def run(options: dict[str, Any], source: sources.Source, settings: worker.Settin
     "num_patches": settings.box_filter.num_patches,
     "num_labels": source.num_labels,
     "num_source_images": len(source.ids),
-    "edge_method": "structured" if settings.sed_model else "gradient",
+    "edge_method": "boxes_file" if boxes is not None else "structured" if settings.sed_model else "gradient",
     "box_format": "xywh_pixels",
   }
+  if boxes is not None:
+    info["boxes_file"] = boxes.info
   info = writer.write_info(out_dir, shards, info)
   if options["preview"] > 0:
     write_preview(out_dir, info, options["preview"])

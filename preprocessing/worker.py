@@ -13,7 +13,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from preprocessing import detect, images, sources
+from preprocessing import boxes_file, detect, images, sources
 
 # Candidates asked from EdgeBoxes before our filters (the cost barely depends on it).
 MAX_CANDIDATES = 1000
@@ -29,6 +29,8 @@ class Settings:
     center_crop: if > 0, central crop side applied first (CelebA: 108).
     box_filter: the SPEC §1 filters and N.
     sed_model: path of a structured-edge model (model.yml.gz) or None.
+    boxes_scale: F of the frame of boxes given from a file (`--boxes-scale`),
+      None for pixels of the image after `center_crop`.
   """
 
   image_size: int = 64
@@ -36,6 +38,12 @@ class Settings:
   center_crop: int = 0
   box_filter: detect.BoxFilter = detect.BoxFilter()
   sed_model: str | None = None
+  boxes_scale: float | None = None
+
+
+# What `process_item` gets besides the item: None (detect), boxes [N, 4] from a
+# file (in the `boxes_scale` frame), or the reject reason of an image without usable boxes.
+Given = np.ndarray | str | None
 
 
 class Result(NamedTuple):
@@ -90,19 +98,37 @@ def detect_boxes(image: np.ndarray, settings: Settings, sed=None) -> tuple[np.nd
   return detect.select_boxes(boxes, scores, h, w, f), (h, w)
 
 
-def make_example(image: np.ndarray, settings: Settings, sed=None) -> tuple[np.ndarray, np.ndarray]:
-  """Detects and resizes one RGB image [H, W, 3].
+def place_boxes(given: np.ndarray, height: int, width: int, scale: float | None) -> np.ndarray:
+  """Boxes [N, 4] from a file's F x F frame (None: pixels) to pixels of a height x width image.
+
+  Raises:
+    images.Reject: 'box_outside_image' when a box leaves the frame or is empty.
+  """
+  fw, fh = (width, height) if scale is None else (scale, scale)
+  if boxes_file.outside(given, fw, fh):
+    raise images.Reject(boxes_file.OUTSIDE)
+  return (np.asarray(given, np.float64) * [width / fw, height / fh, width / fw, height / fh]).astype(np.float32)
+
+
+def make_example(
+  image: np.ndarray, settings: Settings, sed=None, given: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """Detects (or takes the `given` boxes [N, 4]) and resizes one RGB image [H, W, 3].
 
   Returns:
     (uint8 [S, S, 3], float32 [N, 4] boxes in S pixels).
 
   Raises:
-    images.Reject: 'too_small' or 'too_few_boxes'.
+    images.Reject: 'too_small', 'too_few_boxes' or 'box_outside_image'.
   """
   if settings.center_crop > 0:
     image = images.center_crop(image, settings.center_crop)
   images.check_size(image)
-  boxes, (h, w) = detect_boxes(image, settings, sed)
+  if given is None:
+    boxes, (h, w) = detect_boxes(image, settings, sed)
+  else:
+    h, w = image.shape[:2]
+    boxes = place_boxes(given, h, w, settings.boxes_scale)
   if len(boxes) < settings.box_filter.num_patches:
     raise images.Reject("too_few_boxes")
   s = settings.image_size
@@ -114,13 +140,18 @@ def make_example(image: np.ndarray, settings: Settings, sed=None) -> tuple[np.nd
   return out, detect.scale_boxes(boxes, h, w, s)
 
 
-def process_item(item: sources.Item) -> Result:
-  """Loads and processes one item; every failure becomes a rejected `Result`."""
+def process_item(item: sources.Item, given: Given = None) -> Result:
+  """Loads and processes one item; every failure becomes a rejected `Result`.
+
+  `given`: see `Given`; a reason rejects the item without reading it.
+  """
   assert _settings is not None, "init_worker was not called"
   index = item[0]
+  if isinstance(given, str):
+    return Result(index, given, None, None, -1)
   try:
     image, label = sources.load_item(item)
-    out, boxes = make_example(image, _settings, _sed)
+    out, boxes = make_example(image, _settings, _sed, given)
   except images.Reject as r:
     return Result(index, r.reason, None, None, -1)
   except (cv2.error, ValueError, MemoryError):
@@ -128,6 +159,6 @@ def process_item(item: sources.Item) -> Result:
   return Result(index, None, out, boxes, label)
 
 
-def process_items(items: list[sources.Item]) -> list[Result]:
-  """`process_item` over a small batch (one task, to amortise the IPC)."""
-  return [process_item(item) for item in items]
+def process_items(tasks: list[tuple[sources.Item, Given]]) -> list[Result]:
+  """`process_item` over a small batch of (item, given) pairs (one task, to amortise the IPC)."""
+  return [process_item(item, given) for item, given in tasks]

@@ -10,6 +10,12 @@ Atomicity: a shard is written to `.tmp.NAME`, its stats to `_chunks/NAME.json`
 (temp + rename), then the shard is renamed to `NAME`. A shard whose file and
 stats exist is finished and skipped on a rerun; leftover temp files are
 deleted. `dataset_info.json` is written last, from the stats of all shards.
+
+Tasks (`--num-tasks K --task-index I`): task I writes every K-th shard of the
+plan starting at I, into the same output directory; each removes only its own
+temp files. The plan does not depend on K, so K tasks write exactly the shards
+of a one-task run, and a final `--merge` writes `dataset_info.json` once every
+shard is finished.
 """
 
 from __future__ import annotations
@@ -76,10 +82,10 @@ def _gfile():
   return tf.io.gfile
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to `path` via a temp file and a rename (local or gs://)."""
+def write_json_atomic(path: str, obj: Any, tag: str = "") -> None:
+  """Writes JSON to `path` via a temp file (its name + `tag`) and a rename (local or gs://)."""
   gfile = _gfile()
-  tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path))
+  tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path) + tag)
   with gfile.GFile(tmp, "w") as f:
     f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
   gfile.rename(tmp, path, overwrite=True)
@@ -90,16 +96,32 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
-def prepare_output(out_dir: str, fingerprint: dict[str, Any]) -> None:
+def prepare_output(
+  out_dir: str, fingerprint: dict[str, Any], owned: Sequence[Shard] | None = None, tag: str = ""
+) -> None:
   """Creates `out_dir`, removes stale temp files, and checks a resumed run's options.
+
+  Args:
+    out_dir: the output directory.
+    fingerprint: the content options; `_chunks/run.json` holds the first run's.
+    owned: the shards this process writes when several tasks share `out_dir`
+      (only their temp files are removed: other tasks' are in flight); None
+      for a one-task run (every temp file is stale).
+    tag: suffix of this task's temp file for `run.json` (tasks may race on it).
 
   Raises:
     OutputError: when `out_dir` holds shards made with different options.
   """
   gfile = _gfile()
   gfile.makedirs(os.path.join(out_dir, STATS_DIR))
-  for d in (out_dir, os.path.join(out_dir, STATS_DIR)):
-    for path in gfile.glob(os.path.join(d, TMP_PREFIX + "*")):
+  if owned is None:
+    dirs = (out_dir, os.path.join(out_dir, STATS_DIR))
+    stale = [p for d in dirs for p in gfile.glob(os.path.join(d, TMP_PREFIX + "*"))]
+  else:
+    stale = [os.path.join(out_dir, TMP_PREFIX + s.name) for s in owned]
+    stale += [os.path.join(out_dir, STATS_DIR, TMP_PREFIX + s.name + ".json") for s in owned]
+  for path in stale:
+    if gfile.exists(path):
       gfile.remove(path)
   run_path = os.path.join(out_dir, STATS_DIR, RUN_FILE)
   if gfile.exists(run_path):
@@ -111,7 +133,7 @@ def prepare_output(out_dir: str, fingerprint: dict[str, Any]) -> None:
         f"({', '.join(changed)}); use an empty directory"
       )
   else:
-    write_json_atomic(run_path, fingerprint)
+    write_json_atomic(run_path, fingerprint, tag)
 
 
 def is_done(out_dir: str, shard: Shard) -> bool:
@@ -120,6 +142,20 @@ def is_done(out_dir: str, shard: Shard) -> bool:
   return gfile.exists(os.path.join(out_dir, shard.name)) and gfile.exists(
     os.path.join(out_dir, STATS_DIR, shard.name + ".json")
   )
+
+
+def missing_shards(out_dir: str, shards: Sequence[Shard]) -> list[Shard]:
+  """The shards of `shards` that are not finished in `out_dir`."""
+  return [s for s in shards if not is_done(out_dir, s)]
+
+
+def task_shards(shards: Sequence[Shard], num_tasks: int, task_index: int) -> list[Shard]:
+  """The shards task `task_index` of `num_tasks` writes: every num_tasks-th of the plan, from its index.
+
+  Disjoint across tasks and covering the plan; round robin, so every task gets
+  train and (when there are enough) test shards of about equal size.
+  """
+  return [s for k, s in enumerate(shards) if k % num_tasks == task_index]
 
 
 def write_shard(out_dir: str, shard: Shard, records: Sequence[bytes], rejects: dict[str, int]) -> None:
