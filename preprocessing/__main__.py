@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     default=None,
     help="waterfall preset (0.7): tall boxes up to this height fraction skip --max-area",
   )
+  a(
+    "--scoring",
+    choices=("priors", "edgeboxes"),
+    default="priors",
+    help="rank boxes by EdgeBoxes' score with centre and border priors (default) or by its score alone (paper)",
+  )
+  a("--centre-weight", type=float, default=10.0, help="--scoring priors: weight c of the centre prior")
+  a("--border-weight", type=float, default=5.0, help="--scoring priors: weight b of the border prior")
   a("--test-count", type=int, default=128, help="images held out by id hash for the test split")
   a("--shard-size", type=int, default=1024, help="source images per shard")
   a("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
@@ -104,6 +112,8 @@ def check_options(args: argparse.Namespace) -> str | None:
       args.max_box_height is not None and not 0 < args.max_box_height <= 1,
       f"--max-box-height {args.max_box_height}: must be in (0, 1]",
     ),
+    (args.centre_weight < 0, f"--centre-weight {args.centre_weight}: must be >= 0"),
+    (args.border_weight < 0, f"--border-weight {args.border_weight}: must be >= 0"),
     (args.test_count < 0, f"--test-count {args.test_count}: must be >= 0"),
     (args.shard_size < 1, f"--shard-size {args.shard_size}: must be >= 1"),
     (args.workers < 1, f"--workers {args.workers}: must be >= 1"),
@@ -155,6 +165,8 @@ def make_settings(args: argparse.Namespace) -> worker.Settings:
     max_aspect=args.max_aspect,
     nms_iou=args.nms_iou,
     max_box_height=args.max_box_height,
+    centre_weight=args.centre_weight if args.scoring == "priors" else 0.0,
+    border_weight=args.border_weight if args.scoring == "priors" else 0.0,
   )
   return worker.Settings(
     image_size=args.image_size,
