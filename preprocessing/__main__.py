@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
   )
   a("--centre-weight", type=float, default=10.0, help="--scoring priors: weight c of the centre prior")
   a("--border-weight", type=float, default=5.0, help="--scoring priors: weight b of the border prior")
+  a(
+    "--selection",
+    choices=("coverage", "nms"),
+    default="coverage",
+    help="--scoring priors: pick the N boxes that cover the proposals' consensus (default) or the top N after NMS",
+  )
   a("--test-count", type=int, default=128, help="images held out by id hash for the test split")
   a("--shard-size", type=int, default=1024, help="source images per shard")
   a("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
@@ -167,6 +173,7 @@ def make_settings(args: argparse.Namespace) -> worker.Settings:
     max_box_height=args.max_box_height,
     centre_weight=args.centre_weight if args.scoring == "priors" else 0.0,
     border_weight=args.border_weight if args.scoring == "priors" else 0.0,
+    selection=args.selection if args.scoring == "priors" else "nms",
   )
   return worker.Settings(
     image_size=args.image_size,

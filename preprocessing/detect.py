@@ -27,6 +27,8 @@ class BoxFilter:
       boxes taller than it are rejected.
     centre_weight: c of the centre prior in `prior_scores` (0: EdgeBoxes' own ranking).
     border_weight: b of the border prior in `prior_scores` (0: none).
+    selection: 'nms' (greedy NMS in score order, the paper) or 'coverage'
+      (`coverage_select`: the boxes that cover the proposals' consensus).
   """
 
   num_patches: int = 3
@@ -37,10 +39,15 @@ class BoxFilter:
   max_box_height: float | None = None
   centre_weight: float = 10.0
   border_weight: float = 5.0
+  selection: str = "coverage"
 
 
 # A box whose edge lies within this fraction of the image side from the border touches it.
 BORDER_GAP = 0.02
+# `coverage_select`: proposal weights exp(VOTE_TEMPERATURE * score) and the
+# fraction of the vote map's peak below which covering a pixel costs.
+VOTE_TEMPERATURE = 0.5
+COVER_THRESHOLD = 0.25
 
 
 def prior_scores(boxes: np.ndarray, scores: np.ndarray, height: int, width: int, f: BoxFilter) -> np.ndarray:
@@ -197,17 +204,80 @@ def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limi
   return np.asarray(keep, np.int64)
 
 
+def _pixel_bounds(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, ...]:
+  """Integer (x0, y0, x1, y1) [K] each of boxes [K, 4], rounded and clipped to the image."""
+  x0 = np.clip(np.round(boxes[:, 0]), 0, width).astype(np.int64)
+  y0 = np.clip(np.round(boxes[:, 1]), 0, height).astype(np.int64)
+  x1 = np.clip(np.round(boxes[:, 0] + boxes[:, 2]), 0, width).astype(np.int64)
+  y1 = np.clip(np.round(boxes[:, 1] + boxes[:, 3]), 0, height).astype(np.int64)
+  return x0, y0, x1, y1
+
+
+def vote_map(boxes: np.ndarray, scores: np.ndarray, height: int, width: int) -> np.ndarray:
+  """How strongly the proposals agree on each pixel: float64 [height, width], sums to the mean box area.
+
+  Each proposal of [K, 4] votes for its pixels with weight
+  softmax(VOTE_TEMPERATURE * scores) over the K proposals (scores [K] as from
+  `prior_scores`), so the map is the probability that a pixel lies in a
+  proposal drawn by score.
+  """
+  w = np.exp(VOTE_TEMPERATURE * (scores - scores.max()))
+  w /= w.sum()
+  x0, y0, x1, y1 = _pixel_bounds(boxes, height, width)
+  corners = np.zeros((height + 1, width + 1))
+  np.add.at(corners, (y0, x0), w)
+  np.add.at(corners, (y0, x1), -w)
+  np.add.at(corners, (y1, x0), -w)
+  np.add.at(corners, (y1, x1), w)
+  return corners.cumsum(0).cumsum(1)[:height, :width]
+
+
+def coverage_select(boxes: np.ndarray, scores: np.ndarray, height: int, width: int, f: BoxFilter) -> np.ndarray:
+  """Picks up to N boxes of [K, 4] that together cover where the proposals agree -> int indices [M].
+
+  Greedy maximum coverage of the `vote_map` V (peak-normalised): each step
+  takes the box with the largest sum of V / max V - COVER_THRESHOLD over its
+  pixels not yet covered, then drops the boxes overlapping it by IoU >
+  `f.nms_iou` (the paper's NMS rule stays a filter). Where the ranking by
+  score puts its N boxes on one strong spot, this spreads them over the
+  region that many good proposals share (on faces: eyes, nose and mouth
+  rather than one eye three times). Measured in the README.
+  """
+  if len(boxes) == 0:
+    return np.zeros((0,), np.int64)
+  gain = vote_map(boxes, scores, height, width)
+  gain = gain / max(float(gain.max()), 1e-12) - COVER_THRESHOLD
+  x0, y0, x1, y1 = _pixel_bounds(boxes, height, width)
+  allowed = np.ones(len(boxes), bool)
+  keep: list[int] = []
+  while len(keep) < f.num_patches and allowed.any():
+    table = cv2.integral(gain)
+    total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    i = int(np.argmax(np.where(allowed, total, -np.inf)))
+    keep.append(i)
+    gain[y0[i] : y1[i], x0[i] : x1[i]] = 0.0
+    allowed &= iou(boxes[i], boxes) <= f.nms_iou
+    allowed[i] = False
+  return np.asarray(keep, np.int64)
+
+
 def select_boxes(boxes: np.ndarray, scores: np.ndarray, height: int, width: int, f: BoxFilter) -> np.ndarray:
   """Applies the filters and returns up to N boxes [M, 4] (M <= N), best first.
 
   Boxes are first clipped to the image; the survivors of the shape rules are
-  ranked by `prior_scores`, then greedy NMS keeps the best N.
+  scored by `prior_scores`, then greedy NMS keeps the best N (`f.selection`
+  'nms', or always with EdgeBoxes' own order: zero prior weights) or
+  `coverage_select` picks N ('coverage').
   """
   boxes = clip_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), height, width)
   scores = np.asarray(scores, np.float32).reshape(-1)
   mask = shape_mask(boxes, height, width, f)
   boxes, scores = boxes[mask], prior_scores(boxes[mask], scores[mask], height, width, f)
-  keep = greedy_nms(boxes, scores, f.nms_iou, f.num_patches)
+  paper = f.centre_weight == 0 and f.border_weight == 0
+  if f.selection == "coverage" and not paper:
+    keep = coverage_select(boxes, scores, height, width, f)
+  else:
+    keep = greedy_nms(boxes, scores, f.nms_iou, f.num_patches)
   return boxes[keep].reshape(-1, 4)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -85,6 +86,29 @@ def test_priors_rank_centre_over_border_and_are_one_flag_away():
   np.testing.assert_array_equal(detect.select_boxes(boxes, scores, 128, 128, paper), boxes[[0]])
   ranked = detect.prior_scores(boxes, scores, 128, 128, detect.BoxFilter(border_weight=0.0))
   assert ranked[1] > ranked[2] > ranked[0]  # without the border prior: by centre distance, then score
+
+
+def test_coverage_selection_spreads_boxes_over_the_consensus_and_nms_is_one_flag_away():
+  # Many proposals agree on a 64 x 40 band (two 40 x 40 halves and boxes across them); one isolated
+  # box in the corner region of the band's left half scores best, and its near-copies score next.
+  band = [[24, 44, 40, 40], [64, 44, 40, 40], [44, 44, 40, 40], [34, 44, 40, 40], [54, 44, 40, 40]]
+  copies = [[20, 40, 40, 40], [21, 41, 40, 40], [22, 42, 40, 40]]
+  boxes = np.array(band + copies, np.float32)
+  scores = np.array([0.3, 0.3, 0.3, 0.3, 0.3, 0.9, 0.85, 0.8], np.float32)
+  f = detect.BoxFilter(num_patches=2, centre_weight=1e-3, border_weight=0.0, nms_iou=0.9)
+  by_score = detect.select_boxes(boxes, scores, 128, 128, dataclasses.replace(f, selection="nms"))
+  np.testing.assert_array_equal(by_score, boxes[[5, 7]])  # near-copies of one spot (6 overlaps 5 by 0.91)
+  covered = detect.select_boxes(boxes, scores, 128, 128, f)
+  assert len(covered) == 2 and detect.iou(covered[0], covered[1:])[0] < 0.3  # spread apart
+  votes = detect.vote_map(boxes, detect.prior_scores(boxes, scores, 128, 128, f), 128, 128)
+  assert votes.shape == (128, 128) and votes[:40, :].max() == 0 and votes[100, 100] == 0 < votes[64, 100]
+  assert votes.sum() == pytest.approx(np.average(boxes[:, 2] * boxes[:, 3], weights=np.sqrt(scores)), rel=1e-2)
+  # NMS stays a filter: no chosen box overlaps another by more than nms_iou.
+  strict = detect.select_boxes(boxes, scores, 128, 128, dataclasses.replace(f, nms_iou=0.0))
+  assert all(detect.iou(b, strict[i + 1 :]).max(initial=0) == 0 for i, b in enumerate(strict))
+  # Zero prior weights are the paper: EdgeBoxes' order and NMS, whatever the selection.
+  paper = dataclasses.replace(f, centre_weight=0.0)
+  np.testing.assert_array_equal(detect.select_boxes(boxes, scores, 128, 128, paper), by_score)
 
 
 def test_scale_boxes_to_square_frame():
