@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from keypatch_jax import features
 from preprocessing import boxes_file, sources, worker, writer
 
 PREVIEW_DIR = "preview"
@@ -124,8 +125,6 @@ def write_shards(
   results: Iterable[worker.Result],
 ) -> None:
   """Groups results by shard and writes each shard as soon as all its items are in."""
-  from keypatch_jax import features
-
   buffers: dict[str, list[worker.Result]] = {s.name: [] for s in pending}
   for res in results:
     shard = owner[res.index]
@@ -279,8 +278,6 @@ def write_preview(out_dir: str, info: dict[str, Any], count: int) -> list[str]:
   """Reads the first `count` training examples back and writes them as PNGs with boxes."""
   import cv2
   import tensorflow as tf
-
-  from keypatch_jax import features
 
   files = [os.path.join(out_dir, name) for name in info["shards"]["train"]]
   if not files:
