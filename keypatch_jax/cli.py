@@ -2,8 +2,8 @@
 
 Every command (`main`, `sample`, `evaluate`, `probe`, `demo`,
 `preprocessing`) runs its body through `run_command`: a `errors.UserError`
-becomes `prog: error: message` on stderr and the error's exit status (1, or 2
-for a bad option); anything else raises with its traceback.
+becomes `prog: error: message` on stderr and exit status 1, or 2 for a bad
+option (as argparse's own errors); anything else raises with its traceback.
 """
 
 from __future__ import annotations
@@ -29,14 +29,17 @@ def run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: Se
   """Runs `body(argv)` and returns its exit status.
 
   A `errors.UserError` is printed as `prog: error: message` (one line, white
-  space folded) on stderr and returns the error's `exit_status`; any other
-  exception propagates with its traceback.
+  space folded) on stderr. A `errors.UsageError` (a bad option) then ends the
+  command as argparse's own errors do, `SystemExit(2)`; any other user error
+  returns 1. Any other exception propagates with its traceback.
   """
   try:
     return body(argv)
   except errors.UserError as e:
     message = " ".join(str(e).split())
     print(f"{prog}: error: {message}", file=sys.stderr)
+    if isinstance(e, errors.UsageError):
+      raise SystemExit(e.exit_status) from None
     return e.exit_status
 
 
@@ -57,7 +60,7 @@ def command(prog: str, body: Callable[[Sequence[str] | None], int], *, quiet: bo
       quiet_logs()
     sys.exit(main())
 
-  main.__doc__ = f"`{prog}` on `argv`; returns the exit status (a user error: one line on stderr, 1 or 2)."
+  main.__doc__ = f"`{prog}` on `argv`; returns the exit status (a user error: one line on stderr; see run_command)."
   run.__doc__ = f"Console-script entry point of `{prog}`."
   return main, run
 

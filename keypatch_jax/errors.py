@@ -3,7 +3,7 @@
 A `UserError` is bad input the user can fix: a config value, a flag, a data
 or work directory. Its message is one line that names the file, flag or value
 and says what to do. `cli.run_command` prints it as `prog: error: message`
-and returns `exit_status`; any other exception is a bug and keeps its
+and exits with `exit_status`; any other exception is a bug and keeps its
 traceback. Each module raises its own subclass (e.g.
 `features.DatasetFormatError`), so a caller can still tell them apart.
 """
@@ -18,6 +18,6 @@ class UserError(Exception):
 
 
 class UsageError(UserError):
-  """A command-line option that cannot work; exit status 2, as argparse's own errors."""
+  """A command-line option that cannot work; `SystemExit(2)`, as argparse's own errors."""
 
   exit_status = 2

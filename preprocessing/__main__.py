@@ -237,7 +237,7 @@ def _preprocess(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """CLI entry point; returns 0, or the status of a one-line error (2: a bad option, 1: otherwise)."""
+  """CLI entry point; returns 0 (or 1, 130), or exits 2 with a one-line error on a bad option."""
   return cli.run_command(PROG, _preprocess, argv)
 
 

@@ -19,6 +19,8 @@ import numpy as np
 from keypatch_jax import features
 from preprocessing import boxes_file, sources, worker, writer
 
+Job = dict[str, Any]  # the parsed CLI options of one job
+Assignment = boxes_file.Assignment | None  # boxes from a `--boxes` file, or None to detect them
 PREVIEW_DIR = "preview"
 # How the job is split; the same dataset results for any value (not recorded, not checked).
 TASK_OPTIONS = ("num_tasks", "task_index", "merge")
@@ -153,12 +155,7 @@ def _task(options: dict[str, Any]) -> tuple[int, int]:
   return options.get("num_tasks", 1), options.get("task_index") or 0
 
 
-def run(
-  options: dict[str, Any],
-  source: sources.Source,
-  settings: worker.Settings,
-  boxes: boxes_file.Assignment | None = None,
-) -> dict[str, Any]:
+def run(options: Job, source: sources.Source, settings: worker.Settings, boxes: Assignment = None) -> dict[str, Any]:
   """Writes the dataset for `options` (the parsed CLI options) into `options['output']`.
 
   With `num_tasks` K > 1, writes only task `task_index`'s shards (see
@@ -204,12 +201,7 @@ def run(
   return _write_info(options, source, settings, boxes, shards)
 
 
-def merge(
-  options: dict[str, Any],
-  source: sources.Source,
-  settings: worker.Settings,
-  boxes: boxes_file.Assignment | None = None,
-) -> dict[str, Any]:
+def merge(options: Job, source: sources.Source, settings: worker.Settings, boxes: Assignment = None) -> dict[str, Any]:
   """Writes `dataset_info.json` (and the preview) once all `num_tasks` tasks have written their shards.
 
   Same arguments as `run`, which every task ran with the same options.
