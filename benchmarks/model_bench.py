@@ -1,8 +1,8 @@
-"""Forward+backward time of the generator and the discriminator (SPEC §2).
+"""Forward+backward time of the generator and the discriminator (docs/design.md §3).
 
 Times `jax.value_and_grad` w.r.t. the parameters, train-mode BatchNorm, jitted,
 median of `--repeats` runs after one warm-up, for three settings of the
-stride-2 layers (models.DOWNSAMPLE / UPSAMPLE; same parameters and outputs):
+stride-2 layers (conv_forms.DOWNSAMPLE / UPSAMPLE; same parameters and outputs):
 "native" (`lax.conv_transpose` and strided convolutions, the TPU/GPU default),
 "decomposed" (sub-pixel UpConv and polyphase DownConv everywhere) and "auto"
 (the per-layer CPU choice), and prints the speed-ups over native.
@@ -16,30 +16,17 @@ With `--layers` it times every form of each stride-2 layer of the S=64 step
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import statistics
-import time
 
+import common
 import jax
 import jax.numpy as jnp
 
-from keypatch_jax import models
+from configs import default
+from keypatch_jax import conv_forms, models
 
-NUM_PATCHES = 3
 NUM_KINDS = 6  # real + the five fakes of eq. 4
-
-
-def _median_seconds(fn, args, repeats: int) -> float:
-  """Median wall time of `fn(*args)` over `repeats` runs, after one warm-up."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _loss_of_outputs(tree) -> jax.Array:
@@ -54,11 +41,18 @@ SETTINGS = {  # name -> (upsample, downsample)
 }
 
 
-def time_generator(image_size: int, batch: int, upsample: str, downsample: str, repeats: int) -> float:
+def _train_models(image_size: int, batch: int, upsample: str, downsample: str):
+  """(Generator, KindsDiscriminator) of the default config as the train step builds them."""
+  config = default.get_config()
+  config.image_size, config.model.upsample, config.model.downsample = image_size, upsample, downsample
+  return models.build_models(config, train=True, batch_size=batch)
+
+
+def time_generator(image_size: int, batch: int, num_patches: int, upsample: str, downsample: str, repeats: int):
   """Seconds per generator forward+backward."""
-  gen = models.Generator(image_size=image_size, upsample=upsample, downsample=downsample)
+  gen, _ = _train_models(image_size, batch, upsample, downsample)
   key_p, key_z, key_i = jax.random.split(jax.random.key(0), 3)
-  patches = jax.random.uniform(key_p, (batch, NUM_PATCHES, image_size, image_size, 3), minval=-1)
+  patches = jax.random.uniform(key_p, (batch, num_patches, image_size, image_size, 3), minval=-1)
   z = jax.random.uniform(key_z, (batch, gen.z_dim), minval=-1)
   variables = jax.jit(functools.partial(gen.init, train=False))(key_i, patches, z)
 
@@ -76,12 +70,12 @@ def time_generator(image_size: int, batch: int, upsample: str, downsample: str, 
 
     return jax.value_and_grad(loss, has_aux=True)(params)
 
-  return _median_seconds(step, (variables["params"], variables["batch_stats"], patches, z), repeats)
+  return common.time_calls(step, variables["params"], variables["batch_stats"], patches, z, repeats=repeats)
 
 
 def time_discriminator(image_size: int, batch: int, downsample: str, repeats: int) -> float:
   """Seconds per KindsDiscriminator forward+backward on real + 5 fakes."""
-  disc = models.KindsDiscriminator(image_size=image_size, downsample=downsample)
+  _, disc = _train_models(image_size, batch, "auto", downsample)
   images = jax.random.uniform(jax.random.key(1), (NUM_KINDS, batch, image_size, image_size, 3), minval=-1)
   variables = jax.jit(functools.partial(disc.init, train=False))(jax.random.key(2), images)
 
@@ -95,7 +89,7 @@ def time_discriminator(image_size: int, batch: int, downsample: str, repeats: in
 
     return jax.value_and_grad(loss, has_aux=True)(params)
 
-  return _median_seconds(step, (variables["params"], variables["batch_stats"], images), repeats)
+  return common.time_calls(step, variables["params"], variables["batch_stats"], images, repeats=repeats)
 
 
 # The stride-2 layers of one S=64, batch-64 train step: (module, batch, H, Cin, Cout).
@@ -117,35 +111,34 @@ def time_layers(repeats: int) -> list[dict]:
   rows = []
   for kind, batch, size, cin, cout in STEP_LAYERS:
     x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
+    backend = jax.default_backend()
     if kind == "down":
       # the step vmaps D over the kinds: the module sees one kind's patch matrix
-      forms, auto = models.DOWNSAMPLE, models.resolve_downsample("auto", x.size // NUM_KINDS // 4 * 25 * 4)
-      modules = [models.DownConv(cout, downsample=form) for form in forms]
+      patch_bytes = x.size // NUM_KINDS // 4 * 25 * 4
+      forms, auto = conv_forms.DOWNSAMPLE, conv_forms.resolve_downsample("auto", patch_bytes, backend=backend)
+      modules = [conv_forms.DownConv(cout, downsample=form) for form in forms]
     else:
-      forms, auto = models.UPSAMPLE, models.resolve_upsample("auto", batch * size * size * 9 * cout * 4)
-      modules = [models.UpConv(cout, upsample=form) for form in forms]
+      tap_bytes = batch * size * size * 9 * cout * 4
+      forms, auto = conv_forms.UPSAMPLE, conv_forms.resolve_upsample("auto", tap_bytes, backend=backend)
+      modules = [conv_forms.UpConv(cout, upsample=form) for form in forms]
     variables = modules[0].init(jax.random.key(1), x)
     row = {"layer": f"{kind} {size}x{size} {cin}->{cout} batch {batch}", "auto": auto}
     for form, module in zip(forms, modules, strict=True):
       grad = jax.jit(jax.grad(lambda v, x, m=module: jnp.sum(jnp.square(m.apply(v, x))), argnums=(0, 1)))
-      row[form] = _median_seconds(grad, (variables, x), repeats)
+      row[form] = common.time_calls(grad, variables, x, repeats=repeats)
     print("  ".join([f"{row['layer']:32s}"] + [f"{f} {row[f] * 1e3:7.0f} ms" for f in forms] + [f"auto={auto}"]))
     rows.append(row)
   return rows
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--image-size", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser = common.parser(__doc__.splitlines()[0], repeats=5)
   parser.add_argument("--layers", action="store_true", help="time each stride-2 layer of the S=64 step in every form")
-  parser.add_argument("--json", action="store_true", help="last line: a JSON object")
   args = parser.parse_args()
 
   print(
     f"backend={jax.default_backend()} devices={jax.device_count()} S={args.image_size} "
-    f"batch={args.batch} N={NUM_PATCHES} repeats={args.repeats}",
+    f"batch={args.batch} N={args.num_patches} repeats={args.repeats}",
     flush=True,
   )
   if args.layers:
@@ -153,9 +146,9 @@ def main() -> None:
     if args.json:
       print(json.dumps({"layers": rows}))
     return
-  result = {"image_size": args.image_size, "batch": args.batch, "num_patches": NUM_PATCHES}
+  result = {"image_size": args.image_size, "batch": args.batch, "num_patches": args.num_patches}
   for name, (upsample, downsample) in SETTINGS.items():
-    seconds = time_generator(args.image_size, args.batch, upsample, downsample, args.repeats)
+    seconds = time_generator(args.image_size, args.batch, args.num_patches, upsample, downsample, args.repeats)
     result[f"generator_{name}_s"] = seconds
     print(f"generator fwd+bwd ({name}): {seconds * 1e3:.1f} ms", flush=True)
   for name, (_, downsample) in SETTINGS.items():

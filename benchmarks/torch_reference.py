@@ -1,9 +1,9 @@
 """A PyTorch reference of one KeyPatchGAN train step, for a speed comparison.
 
-The same architecture as keypatch_jax.models (SPEC §2, the official code's
-"unet": Conv2d(k5, s2, p2), ConvTranspose2d(k5, s2, p2, output_padding=1),
+The same architecture as keypatch_jax.models (docs/design.md §3, the official
+code's "unet": Conv2d(k5, s2, p2), ConvTranspose2d(k5, s2, p2, output_padding=1),
 ConvTranspose2d(k4) from 1x1, the same BatchNorm placement), the same losses
-(SPEC §3: LS, LA, all five composite fakes, BCE with logits, L1 reduced as the
+(docs/design.md §4: LS, LA, all five composite fakes, BCE with logits, L1 reduced as the
 mean of per-image sums) and the same update order (1 D update, then 2 G
 updates, Adam lr 2e-4, betas (0.5, 0.999)). The shared part encoder runs once
 on the N patches folded into the batch (B*N) and sums per example, which is
@@ -19,14 +19,12 @@ ratio. Needs `pip install torch==2.13.0` (the `bench` extra).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
-import statistics
 import sys
-import time
 
+import common
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,7 +131,7 @@ class Discriminator(nn.Module):
 
 
 def l1(diff: torch.Tensor) -> torch.Tensor:
-  """Sum of |diff| per image, mean over the batch (SPEC §3 reduction)."""
+  """Sum of |diff| per image, mean over the batch (docs/design.md §4.2 reduction)."""
   return diff.abs().flatten(1).sum(1).mean()
 
 
@@ -180,13 +178,7 @@ def measure_torch(image_size: int, batch: int, num_patches: int, repeats: int, w
   adam = lambda m: torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999))
   opt_g, opt_d = adam(gen), adam(disc)
   data = random_batch(batch, num_patches, image_size)
-  times = []
-  for i in range(warmup + repeats):
-    start = time.perf_counter()
-    train_step(gen, disc, opt_g, opt_d, data, lam=0.64)
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
-  seconds = statistics.median(times)
+  seconds = common.time_calls(train_step, gen, disc, opt_g, opt_d, data, 0.64, repeats=repeats, warmup=warmup)
   count = lambda m: sum(p.numel() for p in m.parameters())
   return {
     "seconds_per_step": seconds,
@@ -219,14 +211,8 @@ def jax_param_counts(image_size: int) -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--image-size", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--num-patches", type=int, default=3)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--warmup", type=int, default=1)
+  parser = common.parser(__doc__.splitlines()[0], repeats=3, warmup=1)
   parser.add_argument("--torch-only", action="store_true", help="skip the JAX timing")
-  parser.add_argument("--json", action="store_true", help="last line: a JSON object")
   args = parser.parse_args()
 
   measure_jax = None

@@ -15,40 +15,17 @@ With `--data DIR` it also times the tf.data input pipeline on that dataset.
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import time
 
+import common
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from keypatch_jax import input_pipeline, models, train
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  """Dense float32 n x n matmul rate on the default device (GFLOP/s, median)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n**3 / statistics.median(times) / 1e9
-
-
-def _flops(stage) -> float:
-  """XLA's cost-analysis FLOPs of a jax `Lowered` or `Compiled` computation."""
-  cost = stage.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+from keypatch_jax import conv_forms, input_pipeline, step, train
+from keypatch_jax.state import create_train_state
 
 
 def bench_config(
@@ -84,35 +61,33 @@ def random_batch(config, devices: int, seed: int = 0) -> dict[str, np.ndarray]:
 def measure_jax(config, repeats: int, warmup: int) -> dict:
   """Times the pmapped train step of `config` (see `bench_config`); returns images/s, compile and FLOP figures."""
   devices = jax.local_device_count()
-  state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
-  pstate = train.replicate(state)
+  state = jax.jit(lambda r: create_train_state(config, r))(jax.random.key(0))
+  pstate = step.replicate(state)
   # placed exactly as the training loop places batches (same sharding: one compile)
-  batch = next(flax.jax_utils.prefetch_to_device(iter([random_batch(config, devices)]), 1, axis_name=train.AXIS))
-  step = train.parallelize(train.step_fn(config, 1000), config.parallel)
+  batch = next(flax.jax_utils.prefetch_to_device(iter([random_batch(config, devices)]), 1, axis_name=step.AXIS))
+  p_step = step.parallelize(step.step_fn(config, 1000), config.parallel)
   rng = jax.random.key(1)
   t = time.perf_counter()
-  compiled = step.lower(pstate, batch, rng).compile()  # the run's one compile, timed on its own
+  compiled = p_step.lower(pstate, batch, rng).compile()  # the run's one compile, timed on its own
   compile_s = time.perf_counter() - t
-  xla_flops = _flops(compiled) * devices
+  xla_flops = common.xla_flops(compiled) * devices
   # The model's work: the same step with the native strided/transposed convolutions
   # (XLA counts their taps exactly, no zeros). The CPU forms add adds of their own
   # (im2col patch gradients, shift sums) that are not model work and not credited.
   native = config.copy_and_resolve_references()
   native.model.upsample, native.model.downsample = "transpose", "native"
-  flops = _flops(train.parallelize(train.step_fn(native, 1000), native.parallel).lower(pstate, batch, rng)) * devices
+  native_step = step.parallelize(step.step_fn(native, 1000), native.parallel)
+  flops = common.xla_flops(native_step.lower(pstate, batch, rng)) * devices
   counter = train.CompileCounter()  # any further compile during the run is a bug
+
+  def one_step():
+    nonlocal pstate
+    pstate, metrics = p_step(pstate, batch, rng)  # the state is donated: thread it through
+    return metrics
+
   counter.active = True
-  for _ in range(warmup):
-    pstate, metrics = step(pstate, batch, rng)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    pstate, metrics = step(pstate, batch, rng)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
+  median = common.time_calls(one_step, repeats=repeats, warmup=warmup)
   counter.active = False
-  median = statistics.median(times)
   return {
     "image_size": config.image_size,
     "batch_size": config.batch_size,
@@ -145,24 +120,18 @@ def measure_input(data_dir: str, batch_size: int, steps: int = 30) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--image-size", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=64, help="global batch")
-  parser.add_argument("--num-patches", type=int, default=3)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--upsample", default="auto", choices=["auto", *models.UPSAMPLE])
-  parser.add_argument("--downsample", default="auto", choices=["auto", *models.DOWNSAMPLE])
+  parser = common.parser(__doc__.splitlines()[0], repeats=5, warmup=2)
+  parser.add_argument("--upsample", default="auto", choices=["auto", *conv_forms.UPSAMPLE])
+  parser.add_argument("--downsample", default="auto", choices=["auto", *conv_forms.DOWNSAMPLE])
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--data", default=None, help="preprocessed dataset to time the input pipeline on")
-  parser.add_argument("--json", action="store_true", help="last line: one JSON object")
   args = parser.parse_args()
 
   config = bench_config(
     args.image_size, args.batch, args.num_patches, upsample=args.upsample, downsample=args.downsample, dtype=args.dtype
   )
   result = measure_jax(config, args.repeats, args.warmup)
-  result["matmul_gflops_per_s"] = matmul_gflops()
+  result["matmul_gflops_per_s"] = common.matmul_gflops()
   result["roofline_fraction"] = result["gflops_per_s"] / result["matmul_gflops_per_s"]
   print(
     f"train step S={args.image_size} batch={args.batch} on {result['devices']} {result['backend']} device(s), "

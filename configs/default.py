@@ -1,6 +1,7 @@
-"""Default KeyPatchGAN config: the paper's setup at 64x64 (SPEC §2-3).
+"""Default KeyPatchGAN config: the paper's setup at 64x64 (docs/design.md §3-4).
 
-Every dataset config starts from this one and changes only what differs.
+configs/paper.py and configs/small.py start from this one and change only what differs;
+its fields are the one place model and training defaults live (`models.build_models` has none).
 
   python -m preprocessing --source folder:/path/to/images --output DATA --image-size 64
   python -m keypatch_jax.main --config configs/default.py --workdir WORK \
@@ -23,13 +24,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.shuffle_buffer = 4096  # tf.data shuffle buffer (examples).
   config.prefetch = 2  # Batches prefetched onto the devices.
 
-  # --- Model (SPEC §2) --------------------------------------------------------
+  # --- Model (docs/design.md §3) --------------------------------------------------
   config.model = ml_collections.ConfigDict()
   config.model.conv_dim = 64  # Width of the first conv level; doubles per level, capped at 512.
   config.model.embed_dim = 128  # Part embedding size E.
   config.model.z_dim = 128  # Noise size; z ~ U(-1, 1).
-  # How the stride-2 layers are computed; same params and outputs (models.DOWNSAMPLE/UPSAMPLE).
-  # "auto": native on TPU/GPU; on CPU, per layer, the form measured fastest there.
+  # How the stride-2 layers are computed; same params and outputs (conv_forms.DOWNSAMPLE/UPSAMPLE).
+  # "auto": native on TPU/GPU; on CPU, per layer, the form measured fastest there (docs/design.md §3.3).
   config.model.upsample = "auto"  # "transpose", "subpixel", "subpixel_matmul", "auto".
   config.model.downsample = "auto"  # "native", "polyphase", "im2col", "auto".
   config.model.dtype = "float32"  # Compute dtype ("bfloat16" on TPU/GPU); losses and BN stats stay float32.
@@ -37,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.sync_batchnorm = True  # Average BatchNorm statistics over devices (pmean).
   config.model.use_mask_net = True  # False: ablation without the mask network (LA uses the true mask).
 
-  # --- Loss (SPEC §3) -----------------------------------------------------------
+  # --- Loss (docs/design.md §4) -----------------------------------------------------
   config.loss = ml_collections.ConfigDict()
   config.loss.fakes = ("G", "GR", "RG", "SR", "RS")  # Fakes of eq. 4 (official last: G, SR, RS; naive GAN: G).
   config.loss.reduction = "mean"  # L1 reduction: "mean" of per-image sums, or "sum" (official).

@@ -1,38 +1,38 @@
-"""Orbax checkpoints of a run: `WORKDIR/checkpoints/<step>/{generator,rest,meta}`.
+"""Orbax checkpoints of a run: `WORKDIR/checkpoints/<step>/{generator,rest,meta}` (docs/design.md §7).
 
 The state is saved as three Orbax items so that sampling restores only what it
 needs: `generator` (params, batch_stats, EMA params), `rest` (the step, the
-generator's Adam state, the discriminator) and `meta` (JSON: step, the data
-position, the config). The data position of a step is (epoch, batches into the
-epoch) = divmod(step, steps_per_epoch): the input pipeline is deterministic,
-so that pair is all a restart needs.
+generator's Adam state, the discriminator) and `meta` (JSON: the step, its
+data position and what that position depends on). The data position of a step
+is (epoch, batches into the epoch) = divmod(step, steps_per_epoch): the input
+pipeline is deterministic, so that pair is all a restart needs.
 
-Resume order (`train.train_and_evaluate`): build the fresh state -> restore
-the latest checkpoint into it -> rebuild the input iterator at the restored
-step -> go on.
+Resume order (`train.train_and_evaluate`): build the fresh state -> check the
+latest checkpoint's `meta` against the run (`check_resumable`) -> restore the
+state into the fresh one -> rebuild the input iterator at the restored step ->
+go on.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-from keypatch_jax import models
-
-if TYPE_CHECKING:
-  from keypatch_jax.train import TrainState
+from keypatch_jax import errors, models
+from keypatch_jax.state import TrainState, create_train_state
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """No usable checkpoint (one-line message naming the workdir)."""
 
 
@@ -111,6 +111,46 @@ def restore(mngr: ocp.CheckpointManager, template: TrainState, step: int | None 
     ),
   )
   return _join(template, out["generator"], out["rest"]), out["meta"]
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The `meta` item of checkpoint `step` (JSON; see `train.train_and_evaluate`'s `position`)."""
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], workdir: str) -> None:
+  """Compares a checkpoint's `meta` with the run about to resume from it.
+
+  Args:
+    saved: the checkpoint's meta (`read_meta`).
+    current: the same fields for the current config and dataset.
+    workdir: named in the messages.
+
+  Raises:
+    CheckpointError: the checkpoint is for other image sizes or patch counts
+      (its networks cannot be restored into this config's).
+
+  A different `steps_per_epoch` (batch size or dataset size) or `data_dir` is
+  logged as a warning: the run goes on, but its data order is no longer the
+  one an uninterrupted run would have seen.
+  """
+  for key in ("image_size", "num_patches"):
+    if key in saved and saved[key] != current[key]:
+      raise CheckpointError(
+        f"the checkpoint at step {saved['step']} in {workdir!r} has {key} {saved[key]} but the config has "
+        f"{current[key]}; train on a dataset with {key} {saved[key]} or use a new --workdir"
+      )
+  for key in ("steps_per_epoch", "data_dir"):
+    if key in saved and saved[key] != current[key]:
+      logging.warning(
+        "Resuming %s from step %s with %s %r (the checkpoint had %r): the data order differs from an "
+        "uninterrupted run's",
+        workdir,
+        saved["step"],
+        key,
+        current[key],
+        saved[key],
+      )
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -204,12 +244,10 @@ def restore_discriminator(workdir: str, step: int | None = None):
   Raises:
     CheckpointError: a one-line message when there is no workdir or checkpoint.
   """
-  from keypatch_jax import train
-
   config, mngr, step = _open_step(workdir, step)
   if not os.path.isdir(os.path.join(mngr.directory, str(step), "rest")) and "://" not in workdir:
     raise CheckpointError(f"checkpoint {step} in {workdir!r} has no discriminator (its `rest` item is missing)")
-  _, rest = _split(jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0))))
+  _, rest = _split(jax.eval_shape(lambda: create_train_state(config, jax.random.key(0))))
   wanted = {"d": {"params": rest["d"]["params"], "batch_stats": rest["d"]["batch_stats"]}}
   wanted = _abstract(wanted)
   restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray), wanted)

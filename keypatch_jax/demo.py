@@ -17,20 +17,23 @@ interruption continues where it stopped. It is the same as running
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 from collections.abc import Sequence
 
+from keypatch_jax import cli
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="keypatch_jax.demo", description=__doc__.splitlines()[0])
+PROG = "keypatch_jax.demo"
+
+
+def _demo(argv: Sequence[str] | None) -> int:
+  parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="demo_work", help="where everything is written")
   parser.add_argument("--num-images", type=int, default=2000, help="synthetic images to generate")
   parser.add_argument("--epochs", type=int, default=None, help="override configs/demo.py's num_epochs")
   args = parser.parse_args(argv)
 
+  # Imported here, not at the top, so that `--help` answers without importing JAX and TensorFlow.
   from configs import demo
   from keypatch_jax import evaluate, features, sample, train
   from preprocessing.__main__ import main as preprocess
@@ -58,11 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if preprocess(argv_pre) != 0:
       return 1
   print(f"[demo 2/4] training configs/demo.py -> {work}", flush=True)
-  try:
-    summary = train.train_and_evaluate(config, work)
-  except (train.ConfigError, train.NonFiniteLossError, ValueError) as e:
-    print(f"keypatch_jax.demo: error: {e}", file=sys.stderr)
-    return 1
+  summary = train.train_and_evaluate(config, work)
   samples, metrics = os.path.join(args.workdir, "samples.png"), os.path.join(args.workdir, "metrics.json")
   print(f"[demo 3/4] sampling -> {samples}", flush=True)
   if sample.main(["--workdir", work, "--data", data, "--output", samples, "--num", "8"]) != 0:
@@ -80,5 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+main, run = cli.command(PROG, _demo, quiet=False)  # the demo shows the loop's log lines
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

@@ -1,4 +1,4 @@
-"""Evaluate a trained KeyPatchGAN on the test split (SPEC §5), as flat JSON and a table.
+"""Evaluate a trained KeyPatchGAN on the test split (docs/design.md §6), as flat JSON and a table.
 
   python -m keypatch_jax.evaluate --workdir WORK --data DATA --output metrics.json \
       [--step S] [--limit K] [--noise SIGMA] [--seed 0] [--raw] [--batch-stats]
@@ -17,8 +17,6 @@ Metrics (means over the test images unless noted):
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -26,24 +24,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from keypatch_jax import checkpoint, inference, input_pipeline, losses, metrics, patches
+from keypatch_jax import checkpoint, cli, inference, input_pipeline, patches
 
 PROG = "keypatch_jax.evaluate"
 PREFIXES = {"key": "", "random": "random_", "noisy": "noisy_"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
-  p.add_argument("--data", required=True, help="preprocessed dataset; its test split is evaluated")
+  p = inference.argument_parser(
+    PROG, __doc__, data_help="preprocessed dataset; its test split is evaluated", generation=True
+  )
   p.add_argument("--output", default=None, help="JSON file to write (default: print only)")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--limit", type=int, default=None, help="evaluate at most this many test images")
   p.add_argument("--batch-size", type=int, default=64, help="images per jitted call")
-  p.add_argument("--noise", type=float, default=0.2, help="Gaussian noise sigma of the noisy_* metrics")
-  p.add_argument("--seed", type=int, default=0, help="seed of z, random boxes and noise")
-  p.add_argument("--raw", action="store_true", help="raw generator params instead of the EMA")
-  p.add_argument("--batch-stats", action="store_true", help="normalise with batch statistics (official code)")
   return p.parse_args(argv)
 
 
@@ -71,8 +64,8 @@ def discriminator_fn(workdir: str, step: int):
 def evaluate(run: inference.Run, args: argparse.Namespace) -> dict[str, float]:
   """All metrics of the module docstring on (up to `args.limit` images of) the test split."""
   generate = inference.generate_fn(run.generator, batch_stats=args.batch_stats)
-  score = discriminator_fn(args.workdir, run.step) if run.config.loss.get("adversarial", True) else None
-  s, z_dim = run.config.image_size, run.config.model.z_dim
+  score = discriminator_fn(args.workdir, run.step) if run.config.loss.adversarial else None
+  z_dim = run.config.model.z_dim
   per_image: dict[str, list[np.ndarray]] = {}
   consistency = [0.0]
 
@@ -86,9 +79,8 @@ def evaluate(run: inference.Run, args: argparse.Namespace) -> dict[str, float]:
       sets, boxes, real = patches.make_patch_sets(
         mode, batch["image"], batch["patches"], batch["boxes"], run.meta.info, seed=(args.seed, i), noise=args.noise
       )
-      mask, image = generate(run.variables, sets, z)
-      true = losses.mask_from_boxes(boxes, s)
-      for name, values in metrics.generation_metrics(true if mask is None else mask, image, real, true).items():
+      scores, image = inference.evaluate_batch(generate, run.variables, sets, z, boxes, real)
+      for name, values in scores.items():
         add(prefix + name, values)
       if mode != "key":
         continue
@@ -130,25 +122,11 @@ def _main(argv: Sequence[str] | None) -> int:
   run = inference.load_run(args.workdir, args.data, step=args.step, ema=not args.raw)
   result = evaluate(run, args)
   print(format_table(result))
-  if args.output:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
-    print(f"wrote {args.output}")
-  print(json.dumps(result, sort_keys=True))
+  cli.report_json(result, args.output)
   return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """CLI; returns the exit code (1 with a one-line message on bad input)."""
-  return inference.cli(PROG, _main, argv)
-
-
-def run() -> None:
-  """Console-script entry point (`keypatch-evaluate`)."""
-  inference.quiet_logs()
-  sys.exit(main())
-
+main, run = cli.command(PROG, _main)
 
 if __name__ == "__main__":
   run()

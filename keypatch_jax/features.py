@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from keypatch_jax import errors
+
 INFO_FILE = "dataset_info.json"
 FORMAT_NAME = "keypatch-tfrecord"
 FORMAT_VERSION = 1
@@ -85,7 +87,7 @@ def parse_example(serialized, num_patches: int, image_size: int) -> dict[str, An
   return {"image": image, "boxes": boxes, "id": ex["id"], "label": ex["label"]}
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(errors.UserError):
   """A data directory is missing or not in this project's format."""
 
 

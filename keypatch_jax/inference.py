@@ -1,26 +1,37 @@
-"""What `sample`, `evaluate` and `probe` share: restore a run, check it against
-a dataset, generate under `jax.jit`, and turn bad input into one-line errors."""
+"""What `sample`, `evaluate`, `probe` and the training loop share: restore a
+run, check it against a dataset, generate under `jax.jit`, score a batch."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
-from keypatch_jax import checkpoint, features, input_pipeline, models, patches
+from keypatch_jax import checkpoint, cli, input_pipeline, losses, metrics, models
 
-# Errors that are the user's input, not a bug: printed as one line, exit 1.
-USER_ERRORS = (
-  checkpoint.CheckpointError,
-  input_pipeline.DataConfigError,
-  features.DatasetFormatError,
-  patches.PatchError,
-)
+
+def argument_parser(
+  prog: str, doc: str, *, data_help: str, data_required: bool, generation: bool
+) -> cli.ArgumentParser:
+  """A parser with the options of a command on a trained run: --workdir, --data, --step, --raw.
+
+  With `generation` also --seed, --noise (its help names `--mode noisy` / the
+  noisy_* metrics) and --batch-stats. `data_required` False: the command has
+  another source (sample's --patches).
+  """
+  p = cli.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+  p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
+  p.add_argument("--data", required=data_required, default=None, help=data_help)
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--raw", action="store_true", help="raw generator params instead of the EMA")
+  if generation:
+    p.add_argument("--seed", type=int, default=0, help="seed of z, random boxes and noise")
+    p.add_argument("--noise", type=float, default=0.2, help="Gaussian noise sigma of the noisy patches")
+    p.add_argument("--batch-stats", action="store_true", help="normalise with batch statistics (official code)")
+  return p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,29 +107,27 @@ def generate_fn(generator: models.Generator, *, batch_stats: bool = False) -> Ca
 
 
 def noise(seed: int, index: int, batch: int, z_dim: int) -> np.ndarray:
-  """z ~ U(-1, 1) [batch, z_dim] for batch `index` of a run seeded `seed`."""
-  key = jax.random.fold_in(jax.random.key(seed), index)
-  return np.asarray(jax.random.uniform(key, (batch, z_dim), minval=-1.0, maxval=1.0))
+  """z ~ U(-1, 1) [batch, z_dim] for batch `index` of a run seeded `seed` (`models.sample_z`)."""
+  return np.asarray(models.sample_z(jax.random.fold_in(jax.random.key(seed), index), z_dim, batch))
 
 
-def cli(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
-  """Runs `main(argv)`; a user error is printed as `prog: error: message` on stderr and returns 1."""
-  try:
-    return main(argv)
-  except USER_ERRORS as e:
-    message = " ".join(str(e).split())
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 1
+def evaluate_batch(
+  generate: Callable, variables: dict, patch_sets, z, boxes, real
+) -> tuple[dict[str, np.ndarray], jax.Array]:
+  """Generates one batch and scores it against the real images: the one batch-evaluation path.
 
+  Args:
+    generate: `generate_fn(...)`; variables: its {"params", "batch_stats"}.
+    patch_sets: [B, N, S, S, 3]; z: [B, z_dim].
+    boxes: [B, N, 4] (x, y, w, h) in pixels, whose union is the true mask.
+    real: [B, S, S, 3], the images the patches come from.
 
-def quiet_logs() -> None:
-  """For console runs: keeps TensorFlow's C++ banner and Orbax's absl warnings off stderr.
-
-  Call before TensorFlow is imported. oneDNN is off for TensorFlow only (it
-  just crops and resizes patches on the host here); JAX is unaffected.
+  Returns:
+    (`metrics.generation_metrics` as numpy arrays [B] each, the generated
+    images [B, S, S, 3]). Without a mask network the true mask stands in for
+    the prediction.
   """
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-  from absl import logging
-
-  logging.set_verbosity(logging.ERROR)
+  mask, image = generate(variables, patch_sets, z)
+  true = losses.mask_from_boxes(boxes, real.shape[1])
+  scores = metrics.generation_metrics(true if mask is None else mask, image, real, true)
+  return {name: np.asarray(values) for name, values in scores.items()}, image

@@ -1,6 +1,6 @@
 """tf.data input pipeline over the TFRecords written by `preprocessing/`.
 
-Per training example (SPEC §1): the real image y, its N boxes, the N key
+Per training example (docs/design.md §2.3): the real image y, its N boxes, the N key
 patches (each cropped with its box and resized, bicubic, to S x S: the
 location is discarded), and y', a real image from outside the current batch
 (a second, independently shuffled stream of the training set; an entry that
@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from keypatch_jax import features
+from keypatch_jax import errors, features
 
 AUTOTUNE = -1
 
@@ -56,7 +56,7 @@ class DatasetMeta:
   info: dict
 
 
-class DataConfigError(ValueError):
+class DataConfigError(errors.UserError):
   """The config and the dataset disagree, or the dataset cannot be used."""
 
 

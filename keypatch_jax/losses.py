@@ -1,7 +1,7 @@
-"""KeyPatchGAN losses (paper eq. 1-4, SPEC §3) as pure functions on arrays.
+"""KeyPatchGAN losses (paper eq. 1-4; docs/design.md §4) as pure functions on arrays.
 
 Shapes: images [B, S, S, 3] in [-1, 1], masks [B, S, S, 1] in [0, 1],
-logits [B]. The L1 terms are reduced per SPEC §3 ⚑: `"mean"` (default) sums
+logits [B]. The L1 terms are reduced as docs/design.md §4.2 says: `"mean"` (default) sums
 each image's absolute differences and averages over the batch, so the balance
 does not depend on batch size or device count; `"sum"` sums over the whole
 batch like the official code (use it with the official λ range 1e-2..1e-4).
@@ -181,10 +181,10 @@ def generator_loss(
 
 
 def lambda_schedule(epoch, num_epochs: int, start: float = -2.0, end: float = -4.0, scale: float = 64.0):
-  """λ1 = λ2 = scale · logspace(start, end, num_epochs)[epoch] (paper §4, SPEC §3).
+  """λ1 = λ2 = scale · logspace(start, end, num_epochs)[epoch] (paper §4; docs/design.md §4.2).
 
   Constant within an epoch. `scale` = 64 converts the official code's
-  whole-batch-sum weights to the per-image mean reduction (SPEC §3 ⚑); use
+  whole-batch-sum weights to the per-image mean reduction (docs/design.md §9, item 5); use
   scale 1 with reduction "sum". Works on Python ints and traced arrays.
   """
   epoch = jnp.clip(epoch, 0, max(num_epochs - 1, 0))

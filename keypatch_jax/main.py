@@ -2,6 +2,8 @@
 
 Parses flags, initialises JAX (multi-host when launched as several processes)
 and calls `train.train_and_evaluate`. Overrides: `--config.batch_size=32`.
+A user error (`errors.UserError`) is one line, `keypatch_jax.main: error: ...`,
+exit status 1; anything else keeps its traceback.
 """
 
 import os
@@ -10,9 +12,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from keypatch_jax import cli
+
+PROG = "keypatch_jax.main"
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,14 +40,15 @@ def _maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from keypatch_jax import checkpoint, features, input_pipeline, train
-
-  _maybe_initialize_distributed()
+def _train(argv) -> int:
+  # Imported here, not at the top, so that `--help` answers without importing JAX and TensorFlow.
   import jax
 
+  from keypatch_jax import train
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _maybe_initialize_distributed()
   logging.info(
     "JAX process %d/%d, %d local devices (%s)",
     jax.process_index(),
@@ -50,17 +56,14 @@ def main(argv) -> None:
     jax.local_device_count(),
     jax.default_backend(),
   )
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (
-    train.ConfigError,
-    input_pipeline.DataConfigError,
-    features.DatasetFormatError,
-    checkpoint.CheckpointError,
-    train.NonFiniteLossError,
-  ) as e:
-    print(f"keypatch_jax.main: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  return 0
+
+
+def main(argv) -> None:
+  status = cli.run_command(PROG, _train, argv)
+  if status:
+    sys.exit(status)
 
 
 def run() -> None:

@@ -1,4 +1,4 @@
-"""Evaluation metrics as pure functions on arrays (SPEC §5).
+"""Evaluation metrics as pure functions on arrays (docs/design.md §6.2).
 
 Masks [B, S, S, 1] in [0, 1]; images [B, S, S, 3] in [-1, 1]. Every function
 returns per-image values [B] so callers can average over any number of
@@ -51,7 +51,7 @@ def psnr(image, real, weight=None):
 
 
 def generation_metrics(mask_pred, image, real, mask_true) -> dict:
-  """The per-image metrics of one generated batch [B] each (SPEC §5).
+  """The per-image metrics of one generated batch [B] each (docs/design.md §6.2).
 
   Args:
     mask_pred: predicted mask [B, S, S, 1] in [0, 1] (the true mask for the

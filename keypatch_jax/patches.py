@@ -1,4 +1,4 @@
-"""Patch sets for sampling and evaluation (SPEC §5), shared by `sample` and `evaluate`.
+"""Patch sets for sampling and evaluation (docs/design.md §6.1), shared by `sample` and `evaluate`.
 
 Every function is pure given its `np.random.Generator`. Shapes: images
 [B, S, S, 3] and patches [B, N, S, S, 3] in [-1, 1]; boxes [B, N, 4] as
@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from keypatch_jax import input_pipeline
+from keypatch_jax import errors, input_pipeline
 
 MODES = ("key", "random", "combine", "noisy", "permute")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-class PatchError(ValueError):
+class PatchError(errors.UserError):
   """Patches cannot be made (one-line message naming the problem)."""
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -25,22 +23,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from keypatch_jax import inference, input_pipeline
+from keypatch_jax import cli, inference, input_pipeline
 
 PROG = "keypatch_jax.probe"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
-  p.add_argument("--data", required=True, help="preprocessed dataset with labels")
+  p = inference.argument_parser(
+    PROG, __doc__, data_help="preprocessed dataset with labels", generation=False, data_required=True
+  )
   p.add_argument("--labels", default=None, help="CSV of `id,label` lines overriding the records' labels")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--steps", type=int, default=500, help="Adam steps of the linear classifier")
   p.add_argument("--learning-rate", type=float, default=1e-2, help="Adam learning rate")
   p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty on the classifier weights")
   p.add_argument("--limit", type=int, default=None, help="use at most this many images per split")
-  p.add_argument("--raw", action="store_true", help="raw generator params instead of the EMA")
   p.add_argument("--output", default=None, help="JSON file to write")
   return p.parse_args(argv)
 
@@ -153,23 +149,11 @@ def _main(argv: Sequence[str] | None) -> int:
   for name, dim in (("embedding", train_e.shape[1]), ("pixels", train_p.shape[1])):
     print(f"{name:<12}{dim:>8}{result[f'{name}_train_accuracy']:>12.4f}{result[f'{name}_test_accuracy']:>12.4f}")
   print(f"{'majority':<12}{'':>8}{'':>12}{result['chance_accuracy']:>12.4f}")
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
-  print(json.dumps(result, sort_keys=True))
+  cli.report_json(result, args.output)
   return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """CLI; returns the exit code (1 with a one-line message on bad input)."""
-  return inference.cli(PROG, _main, argv)
-
-
-def run() -> None:
-  """Console-script entry point."""
-  inference.quiet_logs()
-  sys.exit(main())
-
+main, run = cli.command(PROG, _main)
 
 if __name__ == "__main__":
   run()

@@ -1,4 +1,4 @@
-"""Sample a trained KeyPatchGAN: one PNG grid, patches | mask | generated | real (SPEC §5).
+"""Sample a trained KeyPatchGAN: one PNG grid, patches | mask | generated | real (docs/design.md §6).
 
   python -m keypatch_jax.sample --workdir WORK --data DATA --output grid.png \
       [--step S] [--mode key|random|combine|noisy|permute] [--num K] \
@@ -15,30 +15,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
-from keypatch_jax import inference, input_pipeline, patches, visualize
+from keypatch_jax import cli, inference, input_pipeline, patches, visualize
 
 PROG = "keypatch_jax.sample"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
-  p.add_argument("--data", default=None, help="preprocessed dataset; its test split is sampled")
+  p = inference.argument_parser(
+    PROG, __doc__, data_help="preprocessed dataset; its test split is sampled", generation=True
+  )
   p.add_argument("--output", required=True, help="PNG file to write")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--mode", choices=patches.MODES, default="key", help="which patches to use")
   p.add_argument("--num", type=int, default=8, help="K test images (rows)")
   p.add_argument("--num-patches", type=int, default=None, help="N (default: the checkpoint's)")
-  p.add_argument("--noise", type=float, default=0.2, help="Gaussian noise sigma for --mode noisy")
-  p.add_argument("--seed", type=int, default=0, help="seed of z, random boxes and noise")
   p.add_argument("--patches", default=None, help="folder of your own patch images (any N) instead of --data")
-  p.add_argument("--raw", action="store_true", help="raw generator params instead of the EMA")
-  p.add_argument("--batch-stats", action="store_true", help="normalise with batch statistics (official code)")
   args = p.parse_args(argv)
   if args.num < 1:
     p.error(f"--num {args.num}: must be >= 1")
@@ -78,8 +73,6 @@ def _main(argv: Sequence[str] | None) -> int:
   data = None if args.patches is not None else args.data
   run = inference.load_run(args.workdir, data, step=args.step, ema=not args.raw, num_patches=args.num_patches)
   grid = grid_for(run, args)
-  import cv2
-
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   try:
     written = cv2.imwrite(args.output, grid[..., ::-1])
@@ -92,16 +85,7 @@ def _main(argv: Sequence[str] | None) -> int:
   return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """CLI; returns the exit code (1 with a one-line message on bad input)."""
-  return inference.cli(PROG, _main, argv)
-
-
-def run() -> None:
-  """Console-script entry point (`keypatch-sample`)."""
-  inference.quiet_logs()
-  sys.exit(main())
-
+main, run = cli.command(PROG, _main)
 
 if __name__ == "__main__":
   run()

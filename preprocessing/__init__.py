@@ -7,7 +7,7 @@ Modules:
   sources    folder:PATH / tfds:NAME[:split] / synthetic, as lazy item streams.
   synthetic  the built-in procedural faces (deterministic per seed and index).
   images     decoding untrusted files to uint8 RGB, or a reject reason.
-  detect     edge maps, OpenCV EdgeBoxes, the SPEC §1 filters and the ranking priors (pure NumPy).
+  detect     edge maps, OpenCV EdgeBoxes, the paper §4 filters and the ranking priors (pure NumPy).
   boxes_file boxes from a file (`--boxes`): the authors' .mat layout, CSV, JSON lines.
   worker     per-image work in the worker processes (no TensorFlow).
   writer     shard plan, hash split, atomic shards, resume, dataset_info.json.

@@ -24,13 +24,10 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 
-from preprocessing import boxes_file, detect, images, run, sources, worker, writer
+from keypatch_jax import cli, errors
+from preprocessing import boxes_file, detect, images, run, sources, worker
 
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str):
-    """One line, exit code 2 (argparse's default prints the usage as well)."""
-    self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "preprocessing"
 
 
 def default_workers() -> int:
@@ -41,7 +38,7 @@ def default_workers() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="preprocessing", description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   a = p.add_argument
   a("--source", required=True, help="folder:PATH | tfds:NAME[:split] | synthetic")
   a("--output", required=True, help="output directory (local or gs://)")
@@ -207,33 +204,29 @@ def _check_sed_model(path: str) -> str | None:
   return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """CLI entry point; returns 0, or exits 2 with a one-line error."""
+def _preprocess(argv: Sequence[str] | None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs quiet
-  parser = build_parser()
-  args = parser.parse_args(argv)
+  args = build_parser().parse_args(argv)
   msg = check_options(args)
   if msg is None and args.sed_model:
     msg = _check_sed_model(args.sed_model)
   if msg:
-    parser.error(msg)
+    raise errors.UsageError(msg)
+  source = sources.open_source(args.source, num_images=args.num_images, seed=args.seed)
+  if args.test_count >= len(source.ids):
+    raise errors.UsageError(f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source images")
+  boxes = None
+  if args.boxes:
+    loaded = boxes_file.load(args.boxes)
+    boxes = boxes_file.assign(loaded, source.ids, args.num_patches, args.boxes_row, args.boxes_scale)
+  step = run.merge if args.merge else run.run
   try:
-    source = sources.open_source(args.source, num_images=args.num_images, seed=args.seed)
-    if args.test_count >= len(source.ids):
-      parser.error(f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source images")
-    boxes = None
-    if args.boxes:
-      loaded = boxes_file.load(args.boxes)
-      boxes = boxes_file.assign(loaded, source.ids, args.num_patches, args.boxes_row, args.boxes_scale)
-    step = run.merge if args.merge else run.run
     info = step(content_options(args), source, make_settings(args), boxes)
-  except (sources.SourceError, writer.OutputError, boxes_file.BoxesFileError) as e:
-    parser.error(str(e))
   except BrokenProcessPool as e:
-    print(f"{parser.prog}: error: a worker process died ({e}); rerun to resume", file=sys.stderr)
+    print(f"{PROG}: error: a worker process died ({e}); rerun to resume", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+    print(f"{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
     return 130
   c = info["counts"]
   rejected = sum(info["rejects"].values())
@@ -248,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"wrote {c['train']} train + {c['test']} test examples to {args.output} ({rejected} rejected: {info['rejects']})"
   )
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """CLI entry point; returns 0 (or 1, 130), or exits 2 with a one-line error on a bad option."""
+  return cli.run_command(PROG, _preprocess, argv)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from keypatch_jax import errors
+
 FORMATS = {".mat": "mat", ".csv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 ROW_RULES = ("auto", "number", "index")
 NO_BOXES = "no_boxes"
@@ -57,8 +59,8 @@ MAT_KEY = "allbbs"
 _NUMBERED = re.compile(r"(\d+)\.[^./]+")
 
 
-class BoxesFileError(ValueError):
-  """A boxes file that cannot be used; the message names the file and the problem in one line."""
+class BoxesFileError(errors.UsageError):
+  """`--boxes` cannot be used; the message names the file and the problem in one line (exit status 2)."""
 
 
 @dataclasses.dataclass(frozen=True)

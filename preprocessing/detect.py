@@ -14,7 +14,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class BoxFilter:
-  """The filters of SPEC §1 (P §4).
+  """The filters of paper §4 (docs/design.md §2.1).
 
   Attributes:
     num_patches: N, boxes to keep.

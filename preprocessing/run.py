@@ -16,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from keypatch_jax import features
 from preprocessing import boxes_file, sources, worker, writer
 
+Job = dict[str, Any]  # the parsed CLI options of one job
+Assignment = boxes_file.Assignment | None  # boxes from a `--boxes` file, or None to detect them
 PREVIEW_DIR = "preview"
 # How the job is split; the same dataset results for any value (not recorded, not checked).
 TASK_OPTIONS = ("num_tasks", "task_index", "merge")
@@ -124,8 +127,6 @@ def write_shards(
   results: Iterable[worker.Result],
 ) -> None:
   """Groups results by shard and writes each shard as soon as all its items are in."""
-  from keypatch_jax import features
-
   buffers: dict[str, list[worker.Result]] = {s.name: [] for s in pending}
   for res in results:
     shard = owner[res.index]
@@ -154,12 +155,7 @@ def _task(options: dict[str, Any]) -> tuple[int, int]:
   return options.get("num_tasks", 1), options.get("task_index") or 0
 
 
-def run(
-  options: dict[str, Any],
-  source: sources.Source,
-  settings: worker.Settings,
-  boxes: boxes_file.Assignment | None = None,
-) -> dict[str, Any]:
+def run(options: Job, source: sources.Source, settings: worker.Settings, boxes: Assignment = None) -> dict[str, Any]:
   """Writes the dataset for `options` (the parsed CLI options) into `options['output']`.
 
   With `num_tasks` K > 1, writes only task `task_index`'s shards (see
@@ -205,12 +201,7 @@ def run(
   return _write_info(options, source, settings, boxes, shards)
 
 
-def merge(
-  options: dict[str, Any],
-  source: sources.Source,
-  settings: worker.Settings,
-  boxes: boxes_file.Assignment | None = None,
-) -> dict[str, Any]:
+def merge(options: Job, source: sources.Source, settings: worker.Settings, boxes: Assignment = None) -> dict[str, Any]:
   """Writes `dataset_info.json` (and the preview) once all `num_tasks` tasks have written their shards.
 
   Same arguments as `run`, which every task ran with the same options.
@@ -279,8 +270,6 @@ def write_preview(out_dir: str, info: dict[str, Any], count: int) -> list[str]:
   """Reads the first `count` training examples back and writes them as PNGs with boxes."""
   import cv2
   import tensorflow as tf
-
-  from keypatch_jax import features
 
   files = [os.path.join(out_dir, name) for name in info["shards"]["train"]]
   if not files:

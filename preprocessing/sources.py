@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from keypatch_jax import errors
 from preprocessing import images, synthetic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -26,8 +27,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Item = tuple[int, str, tuple[Any, ...]]
 
 
-class SourceError(ValueError):
-  """A source that cannot be used; the message names the problem in one line."""
+class SourceError(errors.UsageError):
+  """`--source` cannot be used; the message names the problem in one line (exit status 2)."""
 
 
 @dataclasses.dataclass

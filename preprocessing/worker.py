@@ -27,7 +27,7 @@ class Settings:
     image_size: S, side of the stored image.
     min_side: shorter side of the detection frame.
     center_crop: if > 0, central crop side applied first (CelebA: 108).
-    box_filter: the SPEC §1 filters and N.
+    box_filter: the paper §4 filters and N (docs/design.md §2.1).
     sed_model: path of a structured-edge model (model.yml.gz) or None.
     boxes_scale: F of the frame of boxes given from a file (`--boxes-scale`),
       None for pixels of the image after `center_crop`.

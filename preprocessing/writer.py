@@ -27,7 +27,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from keypatch_jax import features
+from keypatch_jax import errors, features
 
 STATS_DIR = "_chunks"
 RUN_FILE = "run.json"
@@ -35,8 +35,8 @@ TMP_PREFIX = ".tmp."
 SPLITS = ("train", "test")
 
 
-class OutputError(ValueError):
-  """The output directory cannot be used (one-line message)."""
+class OutputError(errors.UsageError):
+  """`--output` cannot be used (one-line message, exit status 2)."""
 
 
 @dataclasses.dataclass(frozen=True)

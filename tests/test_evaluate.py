@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from conftest import corrupt_copy
 
 from keypatch_jax import evaluate, losses, metrics
@@ -46,6 +47,7 @@ def test_known_answers():
   assert np.isclose(float(metrics.mask_l1(soft, true)[0]), 0.25 * 44 / 256)
 
 
+@pytest.mark.slow
 def test_evaluate_a_checkpoint(trained_workdir, tiny_data, tmp_path, capsys):
   out = tmp_path / "metrics.json"
   assert evaluate.main(["--workdir", trained_workdir, "--data", tiny_data, "--output", str(out)]) == 0
@@ -61,6 +63,7 @@ def test_evaluate_a_checkpoint(trained_workdir, tiny_data, tmp_path, capsys):
   assert 0.0 < result["d_real_score"] < 1.0 and 0.0 < result["d_fake_score"] < 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_without_optimizer_state_skips_only_d(trained_workdir, tiny_data, tmp_path, capsys):
   workdir = tmp_path / "work"
   shutil.copytree(trained_workdir, workdir)
@@ -73,12 +76,14 @@ def test_evaluate_without_optimizer_state_skips_only_d(trained_workdir, tiny_dat
   assert "no d_*_score" in captured.err
 
 
+@pytest.mark.slow
 def test_bad_data_is_one_line_error(trained_workdir, tmp_path, capsys):
   assert evaluate.main(["--workdir", trained_workdir, "--data", str(tmp_path)]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("keypatch_jax.evaluate: error: ")
 
 
+@pytest.mark.slow
 def test_corrupt_shard_is_one_line_error_naming_it(trained_workdir, tiny_data, tmp_path, capsys):
   """A damaged TFRecord shard: one line naming the file and what to do, no traceback."""
   data, shard = corrupt_copy(tiny_data, tmp_path, "test")

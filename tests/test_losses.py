@@ -1,4 +1,4 @@
-"""Tests of keypatch_jax.losses (SPEC §3) against hand-computed values."""
+"""Tests of keypatch_jax.losses (docs/design.md §4) against hand-computed values."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Tests of keypatch_jax.models (SPEC §2): invariance, shapes, parameter counts,
-the sub-pixel transposed convolution, compile counts and the discriminators."""
+"""Tests of keypatch_jax.models (docs/design.md §3): invariance, shapes, parameter counts,
+the conv forms inside the networks, compile counts and the discriminators."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import default
-from keypatch_jax import models
+from keypatch_jax import conv_forms, models
 
 # A small generator that keeps compile and run times low on CPU.
 SMALL = dict(image_size=16, conv_dim=8, embed_dim=16, z_dim=8)
@@ -79,7 +79,7 @@ def _assert_same_over_axis0(tree, atol: float = 1e-5):
 
 
 # ---------------------------------------------------------------------------
-# Permutation invariance (the canonical test, STYLE.md 10).
+# Permutation invariance (the canonical test; docs/design.md §3.2).
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
@@ -121,7 +121,7 @@ def _check_ranges(mask: jax.Array, image: jax.Array):
 
 
 def test_full_generator_at_64_shapes_ranges_and_spec_feature_maps():
-  """A real forward at S=64, batch 2, full widths; SPEC §2's listed map shapes."""
+  """A real forward at S=64, batch 2, full widths; the feature-map shapes of docs/design.md §3.4."""
   gen = models.Generator(image_size=64)
   patches, z = _inputs(jax.random.key(1), 2, 3, 64, 128)
 
@@ -170,7 +170,7 @@ def test_output_shapes_abstract(size: int):
 
 
 # ---------------------------------------------------------------------------
-# Parameter counts (SPEC §2).
+# Parameter counts (docs/design.md §3.4).
 
 
 def conv_params(k: int, cin: int, cout: int) -> int:
@@ -184,7 +184,7 @@ def bn_params(c: int) -> int:
 
 
 def expected_counts(size: int, conv_dim: int = 64, embed: int = 128, z: int = 128) -> dict:
-  """Hand-derived parameter counts of O's unet (SPEC §2) at resolution `size`."""
+  """Hand-derived parameter counts of the official code's unet (docs/design.md §3.4) at resolution `size`."""
   levels = int(np.log2(size)) - 2
   width = [min(conv_dim * 2 ** min(3, level), 512) for level in range(levels)]
 
@@ -216,7 +216,7 @@ def expected_counts(size: int, conv_dim: int = 64, embed: int = 128, z: int = 12
 OFFICIAL = {
   64: dict(encoder=5_357_056, mask_decoder=9_656_257, image_decoder=15_016_835, discriminator=4_316_545),
   128: dict(encoder=11_912_192, mask_decoder=22_764_993, image_decoder=34_679_171, discriminator=10_871_681),
-  # Not in SPEC; the figures these formulas give, recorded as a regression check.
+  # Not published; the figures these formulas give, recorded as a regression check.
   256: dict(encoder=18_467_328, mask_decoder=35_873_729, image_decoder=54_341_507, discriminator=17_426_817),
 }
 
@@ -246,70 +246,13 @@ def test_parameter_counts(size: int):
 
 
 # ---------------------------------------------------------------------------
-# UpConv and the sub-pixel transposed convolution.
-
-
-def _torch_conv_transpose_reference(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray):
-  """PyTorch ConvTranspose2d(k=5, s=2, p=2, output_padding=1) as a numpy scatter.
-
-  `kernel` is the flax [k, k, Cin, Cout] parameter; PyTorch's weight
-  [Cin, Cout, k, k] is the same kernel spatially flipped.
-  """
-  k, stride, pad, out_pad = kernel.shape[0], 2, 2, 1
-  weight = kernel[::-1, ::-1].transpose(2, 3, 0, 1)  # [Cin, Cout, k, k]
-  b, h, w, _ = x.shape
-  full = np.zeros((b, (h - 1) * stride + k + out_pad, (w - 1) * stride + k + out_pad, weight.shape[1]))
-  for i in range(h):
-    for j in range(w):
-      contrib = np.einsum("bc,cokl->bklo", x[:, i, j], weight)
-      full[:, i * stride : i * stride + k, j * stride : j * stride + k] += contrib
-  out_h, out_w = (h - 1) * stride - 2 * pad + k + out_pad, (w - 1) * stride - 2 * pad + k + out_pad
-  return full[:, pad : pad + out_h, pad : pad + out_w] + bias
-
-
-@pytest.mark.parametrize("shape", [(2, 4, 4, 3), (1, 5, 3, 2), (3, 1, 1, 4)])
-def test_upconv_matches_conv_transpose_values_and_gradients(shape):
-  """Every UpConv form == nn.ConvTranspose == a PyTorch-semantics reference."""
-  features = 6
-  kx, kp = jax.random.split(jax.random.key(sum(shape)))
-  x = jax.random.normal(kx, shape)
-  reference = nn.ConvTranspose(features, (5, 5), (2, 2), padding=((2, 3), (2, 3)))
-  params = reference.init(kp, x)
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(kp, p.shape), params)  # bias != 0
-
-  def loss(module, params, x):
-    y = module.apply(params, x)
-    return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), y
-
-  def grad(module, params, x):
-    return jax.jit(jax.grad(functools.partial(loss, module), argnums=(0, 1), has_aux=True))(params, x)
-
-  (ref_gp, ref_gx), ref_y = grad(reference, params, x)
-  assert ref_y.shape == (shape[0], 2 * shape[1], 2 * shape[2], features)
-  torch_y = _torch_conv_transpose_reference(
-    np.asarray(x, np.float64),
-    np.asarray(params["params"]["kernel"], np.float64),
-    np.asarray(params["params"]["bias"], np.float64),
-  )
-  np.testing.assert_allclose(ref_y, torch_y, rtol=1e-5, atol=1e-5)
-  for form in models.UPSAMPLE:
-    (gp, gx), y = grad(models.UpConv(features, upsample=form), params, x)
-    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(ref_gp), strict=True):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
-
-
-def test_subpixel_rejects_non_doubling_padding():
-  x, kernel = jnp.zeros((1, 4, 4, 2)), jnp.zeros((5, 5, 2, 3))
-  with pytest.raises(ValueError, match="2x"):
-    models.subpixel_conv_transpose(x, kernel, ((2, 2), (2, 2)))
+# The conv forms inside the networks (each form alone: tests/test_conv_forms.py).
 
 
 def test_generator_subpixel_and_transpose_agree():
   """The whole generator gives the same outputs with either UpConv form."""
   patches, z = _inputs(jax.random.key(3), BATCH, 3, SMALL["image_size"], SMALL["z_dim"])
-  native, subpixel, matmul = (models.Generator(**SMALL, upsample=f) for f in models.UPSAMPLE)
+  native, subpixel, matmul = (models.Generator(**SMALL, upsample=f) for f in conv_forms.UPSAMPLE)
 
   @jax.jit
   def run(patches, z):  # one compilation for init and all four forwards
@@ -328,43 +271,11 @@ def test_generator_subpixel_and_transpose_agree():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 4, 6, 2), (3, 2, 2, 4)])
-def test_downconv_matches_conv_values_and_gradients(shape):
-  """Every DownConv form == nn.Conv(5x5, stride 2, padding 2): values and gradients."""
-  features = 5
-  kx, kp = jax.random.split(jax.random.key(sum(shape) + 7))
-  x = jax.random.normal(kx, shape)
-  reference = nn.Conv(features, (5, 5), (2, 2), padding=((2, 2), (2, 2)))
-  params = reference.init(kp, x)
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(kp, p.shape), params)
-
-  def loss(module, params, x):
-    y = module.apply(params, x)
-    return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), y
-
-  def grad(module):
-    return jax.jit(jax.grad(functools.partial(loss, module), argnums=(0, 1), has_aux=True))(params, x)
-
-  (ref_gp, ref_gx), ref_y = grad(reference)
-  assert ref_y.shape == (shape[0], shape[1] // 2, shape[2] // 2, features)
-  for form in models.DOWNSAMPLE:
-    (gp, gx), y = grad(models.DownConv(features, downsample=form))
-    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(ref_gp), strict=True):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
-
-
-def test_polyphase_rejects_odd_sizes():
-  with pytest.raises(ValueError, match="even"):
-    models.polyphase_conv(jnp.zeros((1, 5, 4, 2)), jnp.zeros((5, 5, 2, 3)))
-
-
 def test_models_polyphase_and_native_agree():
   """Generator and discriminator give the same outputs with every DownConv form."""
   patches, z = _inputs(jax.random.key(5), BATCH, 3, SMALL["image_size"], SMALL["z_dim"])
-  gens = [models.Generator(**SMALL, downsample=f) for f in models.DOWNSAMPLE]
-  discs = [models.KindsDiscriminator(image_size=16, conv_dim=8, downsample=f) for f in models.DOWNSAMPLE]
+  gens = [models.Generator(**SMALL, downsample=f) for f in conv_forms.DOWNSAMPLE]
+  discs = [models.KindsDiscriminator(image_size=16, conv_dim=8, downsample=f) for f in conv_forms.DOWNSAMPLE]
   images = patches[:, :2].transpose(1, 0, 2, 3, 4)  # [K=2, B, S, S, 3]
 
   @jax.jit
@@ -478,7 +389,7 @@ def test_kinds_discriminator_has_per_kind_batch_statistics():
 
 
 def test_build_models_from_default_config():
-  """build_models(default config) gives the SPEC-sized generator and discriminator."""
+  """build_models(default config) gives the generator and discriminator of the official sizes."""
   config = default.get_config()
   gen, disc = models.build_models(config)
   assert isinstance(gen, models.Generator) and isinstance(disc, models.KindsDiscriminator)
@@ -497,52 +408,36 @@ def test_build_models_from_default_config():
   assert models.count_params(dv["params"]) == official["discriminator"]
 
 
-def test_resolve_forms():
-  """ "auto" picks per layer on CPU; explicit forms pass through; unknown ones name the config field."""
-  assert jax.default_backend() == "cpu"
-  assert models.resolve_downsample("auto", models.MATMUL_FORM_MAX_BYTES) == "im2col"
-  assert models.resolve_downsample("auto", models.MATMUL_FORM_MAX_BYTES + 1) == "polyphase"
-  assert models.resolve_downsample("auto", 1, in_features=3, train=False) == "im2col"
-  assert models.resolve_downsample("auto", 1, in_features=64, train=False) == "polyphase"
-  assert models.resolve_upsample("auto", models.MATMUL_FORM_MAX_BYTES) == "subpixel_matmul"
-  assert models.resolve_upsample("auto", models.MATMUL_FORM_MAX_BYTES + 1) == "subpixel"
-  assert models.resolve_downsample("native", 3) == "native"
-  assert models.resolve_upsample("transpose", 1) == "transpose"
-  with pytest.raises(ValueError, match="config.model.upsample"):
-    models.resolve_upsample("bilinear", 4)
-  with pytest.raises(ValueError, match="config.model.downsample"):
-    models.check_forms("auto", "strided")
+@pytest.mark.parametrize("backend, down, up", [("cpu", "im2col", "subpixel_matmul"), ("gpu", "native", "transpose")])
+def test_build_models_resolves_auto_once_per_layer(monkeypatch, backend, down, up):
+  """ "auto" becomes one concrete form per layer when the models are built; tracing reads no backend."""
+  config = default.get_config()
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  gen, disc = models.build_models(config, train=True, batch_size=8)
+  levels = models.num_levels(config.image_size)
+  assert gen.forms == disc.forms
+  assert gen.forms.down == (down,) * levels
+  assert gen.forms.mask_up == gen.forms.image_up == (up,) * levels
+
+  def no_backend():
+    raise AssertionError("jax.default_backend() read while tracing")
+
+  monkeypatch.setattr(jax, "default_backend", no_backend)
+  s = config.image_size
+  patches = jax.ShapeDtypeStruct((8, config.num_patches, s, s, 3), jnp.float32)
+  z = jax.ShapeDtypeStruct((8, config.model.z_dim), jnp.float32)
+  variables = jax.eval_shape(functools.partial(gen.init, train=False), jax.random.key(0), patches, z)
+  jax.eval_shape(functools.partial(gen.apply, train=True, mutable=["batch_stats"]), variables, patches, z)
 
 
-@pytest.mark.parametrize("conv", [models.im2col_conv, models.matmul_shift_conv])
-@pytest.mark.parametrize(
-  "kernel_hw,strides,padding",
-  [
-    ((3, 3), (1, 1), ((1, 1), (1, 1))),
-    ((3, 2), (1, 1), ((1, 1), (0, 1))),
-    ((5, 5), (2, 2), ((2, 2), (2, 2))),
-    ((4, 4), (1, 1), ((0, 0), (0, 0))),
-  ],
-)
-def test_matmul_convs_equal_lax_conv(conv, kernel_hw, strides, padding):
-  """im2col and matmul-then-shift convolutions == lax.conv_general_dilated (values and both gradients)."""
-  kx, kk = jax.random.split(jax.random.key(11))
-  x = jax.random.normal(kx, (2, 8, 6, 5))
-  kernel = jax.random.normal(kk, (*kernel_hw, 5, 3))
-
-  def loss(f, x, kernel):
-    y = f(x, kernel, strides, padding)
-    return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), y
-
-  def grad(f):
-    return jax.jit(jax.grad(functools.partial(loss, f), argnums=(0, 1), has_aux=True))(x, kernel)
-
-  (ref_gx, ref_gk), ref_y = grad(models.lax_conv)
-  (gx, gk), y = grad(conv)
-  for a, b in ((y, ref_y), (gx, ref_gx), (gk, ref_gk)):  # float32 sums in another order
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+def test_forward_only_models_pick_forward_forms(monkeypatch):
+  """For sampling (train=False) CPU "auto" uses im2col only on the 3-channel first level."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  gen, _ = models.build_models(default.get_config(), train=False)
+  assert gen.forms.down == ("im2col", "polyphase", "polyphase", "polyphase")
 
 
+@pytest.mark.slow
 def test_models_module_imports_in_a_fresh_interpreter():
   result = subprocess.run(
     [sys.executable, "-c", "from keypatch_jax import models; print(models.Generator.__name__)"],

@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -15,6 +17,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_in_sync_and_checkpoint(tiny_data, tmp_path):
   address = f"localhost:{_free_port()}"
   workdir = str(tmp_path / "work")

@@ -357,6 +357,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "args, option",
   [
@@ -375,6 +376,7 @@ def test_cli_bad_option_is_one_line(tmp_path, args, option):
   assert option in lines[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_empty_folder(tmp_path):
   (tmp_path / "empty").mkdir()
   (tmp_path / "empty" / "readme.txt").write_text("no images")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import tensorflow as tf
 
 from keypatch_jax import features, input_pipeline, probe
 
 
+@pytest.mark.slow
 def test_probe_reports_both_accuracies(trained_workdir, tiny_data, capsys):
   argv = ["--workdir", trained_workdir, "--data", tiny_data, "--steps", "100"]
   assert probe.main(argv) == 0
@@ -36,6 +38,7 @@ def _unlabelled_copy(tiny_data: str, path) -> str:
   return str(path)
 
 
+@pytest.mark.slow
 def test_unlabelled_dataset_is_one_line_error(trained_workdir, tiny_data, tmp_path, capsys):
   data = _unlabelled_copy(tiny_data, tmp_path / "unlabelled")
   assert probe.main(["--workdir", trained_workdir, "--data", data, "--limit", "8"]) == 1
@@ -43,6 +46,7 @@ def test_unlabelled_dataset_is_one_line_error(trained_workdir, tiny_data, tmp_pa
   assert len(err) == 1 and err[0].startswith("keypatch_jax.probe: error: ") and "no labels" in err[0], err
 
 
+@pytest.mark.slow
 def test_labels_file_overrides_records(trained_workdir, tiny_data, tmp_path, capsys):
   meta = input_pipeline.load_meta(tiny_data)
   ids = [

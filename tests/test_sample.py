@@ -22,6 +22,7 @@ def grid_shape(rows: int, columns: int, blocks: int = 1) -> tuple[int, int, int]
   return rows * (S + PAD) + PAD, blocks * (columns * (S + PAD) + PAD), 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "mode, columns, blocks",
   [("key", N + 3, 1), ("random", N + 3, 1), ("noisy", N + 3, 1), ("combine", N + 2, 1), ("permute", N + 3, 6)],
@@ -34,6 +35,7 @@ def test_every_mode_writes_the_requested_grid(trained_workdir, tiny_data, tmp_pa
   assert grid.shape == grid_shape(4, columns, blocks)
 
 
+@pytest.mark.slow
 def test_permute_mode_is_order_invariant(trained_workdir, tiny_data, tmp_path):
   out = str(tmp_path / "permute.png")
   assert sample.main(["--workdir", trained_workdir, "--data", tiny_data, "--output", out, "--mode", "permute"]) == 0
@@ -44,6 +46,7 @@ def test_permute_mode_is_order_invariant(trained_workdir, tiny_data, tmp_path):
     assert np.abs(other.astype(int) - generated[0].astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_own_patch_folder_any_n(trained_workdir, tmp_path):
   folder = tmp_path / "mine"
   folder.mkdir()
@@ -56,6 +59,7 @@ def test_own_patch_folder_any_n(trained_workdir, tmp_path):
   assert cv2.imread(out).shape == grid_shape(2, 5 + 2)
 
 
+@pytest.mark.slow
 def test_sampling_never_reads_the_optimizer_state(trained_workdir, tiny_data, tmp_path):
   workdir = str(tmp_path / "work")
   shutil.copytree(trained_workdir, workdir)
@@ -126,6 +130,7 @@ def _bad_patch_dir(tmp_path) -> str:
   return str(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_one_line_error(trained_workdir, tiny_data, tmp_path, capsys, case):
   argv, expected = BAD_INPUTS[case](trained_workdir, tiny_data, tmp_path)
@@ -136,6 +141,7 @@ def test_bad_input_is_one_line_error(trained_workdir, tiny_data, tmp_path, capsy
   assert err[0].startswith("keypatch_jax.sample: error: ") and expected in err[0], err[0]
 
 
+@pytest.mark.slow
 def test_cli_subprocess(trained_workdir, tiny_data, tmp_path):
   out = str(tmp_path / "cli.png")
   env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import importlib
 import os
 import signal
 import subprocess
@@ -16,14 +15,18 @@ import numpy as np
 import pytest
 from conftest import corrupt_copy, tiny_config
 
+from configs import default, paper, small
 from keypatch_jax import checkpoint, features, input_pipeline, train
+from keypatch_jax.state import create_train_state
+from keypatch_jax.step import parallelize, replicate, step_fn, unreplicate
+from keypatch_jax.validation import validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(
-  os.path.splitext(os.path.basename(p))[0]
-  for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
-  if not p.endswith("__init__.py")
-)
+CONFIGS = {
+  "default": default.get_config,
+  **{f"paper:{name}": lambda name=name: paper.get_config(name) for name in paper.DATASETS},
+  **{f"small:{name}": lambda name=name: small.get_config(name) for name in small.CONFIGS},
+}
 
 
 def _params(state):
@@ -43,6 +46,7 @@ def _assert_trees_close(a, b, atol):
     np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_train_end_to_end_on_real_tfrecords(tiny_data, tmp_path):
   """4 steps of the real loop on TFRecords from the real preprocessing."""
   workdir = str(tmp_path / "work")
@@ -57,6 +61,7 @@ def test_train_end_to_end_on_real_tfrecords(tiny_data, tmp_path):
   assert step == 4 and config.image_size == 16
 
 
+@pytest.mark.slow
 def test_pmap_four_devices_equals_one_device(tiny_data, monkeypatch):
   """The same global batch on 4 devices and on 1 gives the same parameters and statistics.
 
@@ -67,38 +72,41 @@ def test_pmap_four_devices_equals_one_device(tiny_data, monkeypatch):
   """
   import optax
 
-  assert jax.local_device_count() == 4
-  monkeypatch.setattr(train, "make_optimizer", lambda config: optax.sgd(0.01))
+  cpus = jax.devices("cpu")  # the 4 simulated devices (conftest), on any backend
+  assert len(cpus) == 4
+  monkeypatch.setattr("keypatch_jax.state.make_optimizer", lambda config: optax.sgd(0.01))
   config = tiny_config(tiny_data)
   meta = input_pipeline.load_meta(tiny_data)
   batch = next(input_pipeline.train_iterator(meta, config))  # [4, 2, ...]
-  state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
+  state = jax.jit(lambda r: create_train_state(config, r))(jax.random.key(0))
   results = {}
-  for devices in (jax.local_devices(), jax.local_devices()[:1]):
+  for devices in (cpus, cpus[:1]):
     n = len(devices)
-    step = train.parallelize(train.step_fn(config, 10), "pmap", devices=devices)
+    step = parallelize(step_fn(config, 10), "pmap", devices=devices)
     local = {k: v.reshape(n, -1, *v.shape[2:]) for k, v in batch.items()}
     pstate = jax.tree.map(lambda x, n=n: jnp.stack([x] * n), state)
     pstate, metrics = step(pstate, local, jax.random.key(1))
-    results[n] = (_params(train.unreplicate(pstate)), jax.device_get(metrics))
+    results[n] = (_params(unreplicate(pstate)), jax.device_get(metrics))
   _assert_trees_close(results[4][0], results[1][0], atol=1e-4)
   np.testing.assert_allclose(results[4][1]["g_loss"][0], results[1][1]["g_loss"][0], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_shard_map_matches_pmap(tiny_data):
   """`config.parallel='shard_map'` runs the same per-device step to the same result."""
   config = tiny_config(tiny_data)
   meta = input_pipeline.load_meta(tiny_data)
   batch = next(input_pipeline.train_iterator(meta, config))
-  state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
+  state = jax.jit(lambda r: create_train_state(config, r))(jax.random.key(0))
   out = {}
   for parallel in ("pmap", "shard_map"):
-    step = train.parallelize(train.step_fn(config, 10), parallel)
-    pstate, _ = step(train.replicate(state), batch, jax.random.key(1))
-    out[parallel] = _params(train.unreplicate(pstate))
+    step = parallelize(step_fn(config, 10), parallel)
+    pstate, _ = step(replicate(state), batch, jax.random.key(1))
+    out[parallel] = _params(unreplicate(pstate))
   _assert_trees_close(out["pmap"], out["shard_map"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_exact_resume(tiny_data, tmp_path):
   """4 steps == 2 steps, restart, 2 more steps: bit-equal parameters."""
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
@@ -106,7 +114,7 @@ def test_exact_resume(tiny_data, tmp_path):
   train.train_and_evaluate(tiny_config(tiny_data, num_train_steps=2), resumed)
   summary = train.train_and_evaluate(tiny_config(tiny_data, num_train_steps=4), resumed)
   assert summary["step"] == 4
-  template = jax.jit(lambda r: train.create_train_state(tiny_config(tiny_data), r))(jax.random.key(0))
+  template = jax.jit(lambda r: create_train_state(tiny_config(tiny_data), r))(jax.random.key(0))
   states = [checkpoint.restore(checkpoint.manager(d, read_only=True), template)[0] for d in (straight, resumed)]
   for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -152,12 +160,12 @@ def test_other_real_comes_from_outside_the_batch(tiny_data):
     assert not same
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_config_builds_and_its_step_traces(name):
   """Each config's model and step trace (shapes only) at its own S on a tiny batch."""
-  config = importlib.import_module(f"configs.{name}").get_config()
-  train.validate_config(config)
-  state = jax.eval_shape(lambda r: train.create_train_state(config, r), jax.random.key(0))
+  config = CONFIGS[name]()
+  validate_config(config)
+  state = jax.eval_shape(lambda r: create_train_state(config, r), jax.random.key(0))
   s, n, b = config.image_size, config.num_patches, 2
   batch = {
     "image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
@@ -165,7 +173,7 @@ def test_every_config_builds_and_its_step_traces(name):
     "patches": jax.ShapeDtypeStruct((b, n, s, s, 3), jnp.float32),
     "boxes": jax.ShapeDtypeStruct((b, n, 4), jnp.float32),
   }
-  new_state, metrics = jax.eval_shape(train.step_fn(config, 10, axis_name=None), state, batch, jax.random.key(1))
+  new_state, metrics = jax.eval_shape(step_fn(config, 10, axis_name=None), state, batch, jax.random.key(1))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert "g_loss" in metrics and "nonfinite" in metrics
 
@@ -187,20 +195,20 @@ ABLATIONS = {
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablations_trace(tiny_data, name):
   config = tiny_config(tiny_data, **ABLATIONS[name])
-  state = jax.eval_shape(lambda r: train.create_train_state(config, r), jax.random.key(0))
+  state = jax.eval_shape(lambda r: create_train_state(config, r), jax.random.key(0))
   batch = {
     "image": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
     "other": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
     "patches": jax.ShapeDtypeStruct((2, 3, 16, 16, 3), jnp.float32),
     "boxes": jax.ShapeDtypeStruct((2, 3, 4), jnp.float32),
   }
-  _, metrics = jax.eval_shape(train.step_fn(config, 10, axis_name=None), state, batch, jax.random.key(1))
+  _, metrics = jax.eval_shape(step_fn(config, 10, axis_name=None), state, batch, jax.random.key(1))
   assert metrics["g_loss"].dtype == jnp.float32
 
 
 def _one_step(config, batch):
-  state = jax.jit(lambda r: train.create_train_state(config, r))(jax.random.key(0))
-  step = jax.jit(train.step_fn(config, 10, axis_name=None))
+  state = jax.jit(lambda r: create_train_state(config, r))(jax.random.key(0))
+  step = jax.jit(step_fn(config, 10, axis_name=None))
   return state, step(state, batch, jax.random.key(1))
 
 
@@ -210,6 +218,7 @@ def _host_batch(tiny_data, config):
   return {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
 
 
+@pytest.mark.slow
 def test_nan_guard_keeps_state_and_flags(tiny_data):
   config = tiny_config(tiny_data)
   batch = _host_batch(tiny_data, config)
@@ -221,6 +230,7 @@ def test_nan_guard_keeps_state_and_flags(tiny_data):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_bfloat16_step_has_finite_losses(tiny_data):
   config = tiny_config(tiny_data, **{"model.dtype": "bfloat16"})
   _, (_, metrics) = _one_step(config, _host_batch(tiny_data, config))
@@ -228,6 +238,7 @@ def test_bfloat16_step_has_finite_losses(tiny_data):
   assert np.isfinite(float(metrics["g_loss"])) and np.isfinite(float(metrics["d_loss"]))
 
 
+@pytest.mark.slow
 def test_nan_in_loop_stops_with_message_and_keeps_last_checkpoint(tiny_data, tmp_path):
   workdir = str(tmp_path / "nan")
   # One G update and no D update per step: step 1's losses are finite but its
@@ -239,6 +250,32 @@ def test_nan_in_loop_stops_with_message_and_keeps_last_checkpoint(tiny_data, tmp
   _, variables, _, step = checkpoint.restore_generator(workdir)  # the last good checkpoint restores
   assert step == 1
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
+
+
+def test_resume_checks_the_checkpoint_meta(caplog):
+  """A checkpoint for another S or N is a one-line CheckpointError; another data position only a warning."""
+  saved = {"step": 4, "image_size": 16, "num_patches": 3, "steps_per_epoch": 10, "data_dir": "a"}
+  checkpoint.check_resumable(saved, dict(saved), "w")
+  for key, value in (("image_size", 32), ("num_patches", 4)):
+    with pytest.raises(checkpoint.CheckpointError, match=f"{key} {saved[key]} but the config has {value}"):
+      checkpoint.check_resumable(saved, {**saved, key: value}, "w")
+  with caplog.at_level("WARNING"):
+    checkpoint.check_resumable(saved, {**saved, "steps_per_epoch": 5}, "w")
+  assert "steps_per_epoch" in caplog.text
+
+
+def test_compile_counter_registers_one_listener(monkeypatch):
+  """Every CompileCounter shares one jax.monitoring listener, registered once."""
+  listeners = []
+  monkeypatch.setattr(jax.monitoring, "register_event_duration_secs_listener", listeners.append)
+  monkeypatch.setattr(train.CompileCounter, "_registered", False)
+  first, second = train.CompileCounter(), train.CompileCounter()
+  assert len(listeners) == 1
+  first.active = True
+  listeners[0]("/jax/core/compile/jaxpr_trace_duration", 0.5)
+  listeners[0]("/jax/core/compile/backend_compile_duration", 2.0)
+  assert (first.traces, first.compiles, first.seconds) == (1, 1, 2.0)
+  assert (second.traces, second.compiles) == (0, 0)
 
 
 def _cli(args, **kwargs):
@@ -254,6 +291,7 @@ def _cli(args, **kwargs):
   )
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_restorable_checkpoint(tiny_data, tmp_path):
   workdir = str(tmp_path / "preempt")
   proc = _cli(
@@ -284,6 +322,7 @@ def test_sigterm_saves_a_restorable_checkpoint(tiny_data, tmp_path):
   assert step == steps[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "args, expected",
   [
