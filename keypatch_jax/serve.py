@@ -23,7 +23,6 @@ import base64
 import collections
 import concurrent.futures
 import dataclasses
-import logging
 import os
 import sys
 import threading
@@ -45,8 +44,6 @@ STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MB = 1024 * 1024
 # Uploaded images and patches kept in memory (least recently used are dropped).
 STORE_SIZE = 64
-
-log = logging.getLogger(PROG)
 
 
 class UploadError(ValueError):
@@ -144,7 +141,7 @@ class Picture:
 
 
 class Store:
-  """A small thread-safe LRU of pictures and patches by id."""
+  """A small thread-safe LRU of uploaded items by random id."""
 
   def __init__(self, size: int = STORE_SIZE):
     self._items: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -185,7 +182,7 @@ class Demo:
     self.max_patches = max_patches
     self.max_bytes = int(max_upload_mb * MB)
     self.settings = detection_settings(run.meta.info if run.meta else None, self.size, max_patches)
-    self.store = Store()
+    self.pictures, self.patches = Store(), Store()
     self._generate = inference.generate_fn(run.generator)
     self._lock = threading.Lock()
     self.test_set: list[tuple[np.ndarray, np.ndarray]] = []
@@ -228,7 +225,7 @@ class Demo:
   def _picture_reply(self, picture: Picture, boxes: np.ndarray, note: str = "") -> dict:
     h, w = picture.frame.shape[:2]
     return {
-      "image_id": self.store.put(picture),
+      "image_id": self.pictures.put(picture),
       "frame": png_data_url(picture.frame),
       "width": w,
       "height": h,
@@ -284,7 +281,7 @@ class Demo:
 
     image = decode_upload(data, name, self.max_bytes)
     patch = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
-    return {"patch_id": self.store.put(patch), "thumb": png_data_url(patch)}
+    return {"patch_id": self.patches.put(patch), "thumb": png_data_url(patch)}
 
   # --- generation -------------------------------------------------------------
 
@@ -297,7 +294,7 @@ class Demo:
     if boxes:
       if image_id is None:
         raise UploadError("boxes were sent without an image; upload a photo first")
-      picture = self.store.get(image_id, "image")
+      picture = self.pictures.get(image_id, "image")
       b = np.asarray(boxes, np.float32).reshape(-1, 4)
       if not np.isfinite(b).all():
         raise UploadError("a box has a non-finite coordinate")
@@ -308,7 +305,7 @@ class Demo:
       model = picture.model.astype(np.float32) / 127.5 - 1.0
       out.extend(patches.crop(model[None], detect.scale_boxes(b, h, w, s)[None])[0])
     for pid in patch_ids:
-      out.append(self.store.get(pid, "patch").astype(np.float32) / 127.5 - 1.0)
+      out.append(self.patches.get(pid, "patch").astype(np.float32) / 127.5 - 1.0)
     if not out:
       raise UploadError("no patches: draw a box on the image or add patch images")
     if len(out) > self.max_patches:
@@ -402,8 +399,7 @@ def create_app(demo: Demo):
     return error(400, f"bad request: {where or 'body'}: {first.get('msg', 'invalid')}")
 
   @app.exception_handler(Exception)
-  async def _bug(request, exc):
-    log.exception("request %s failed", request.url.path)
+  async def _bug(request, exc):  # Starlette logs the traceback after this reply
     return error(500, f"internal error ({type(exc).__name__}: {exc}); see the server log")
 
   @app.middleware("http")
