@@ -192,6 +192,10 @@ def _generate(page, button: str) -> None:
   page.wait_for_selector(f"#generated[data-count='{count + 1}']", timeout=120_000)
 
 
+def _patch_sources(page) -> list[str]:
+  return page.eval_on_selector_all("#used-patches img", "imgs => imgs.map(i => i.src)")
+
+
 def _inside(x: float, y: float, boxes) -> bool:
   return any(bx <= x <= bx + bw and by <= y <= by + bh for bx, by, bw, bh in boxes)
 
@@ -243,6 +247,11 @@ def test_upload_detect_drag_and_generate(page, server, tmp_path):
     assert _natural_size(page, selector) == (s, s)
   used = min(n, len(detected))
   assert page.locator("#used-patches img").count() == used
+  edited = _patch_sources(page)
+  page.click("#redetect")
+  assert _boxes(page) == detected
+  _generate(page, "#generate")  # the edited boxes were the ones cropped
+  assert _patch_sources(page) != edited
   first = page.get_attribute("#generated", "src")
 
   if used >= 2:  # the order of the patches changes nothing
