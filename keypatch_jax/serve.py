@@ -100,6 +100,9 @@ def decode_upload(data: bytes, name: str, max_bytes: int) -> np.ndarray:
 def detection_settings(info: dict | None, image_size: int, max_patches: int):
   """The preprocessing `worker.Settings` of a dataset, proposing up to `max_patches` boxes.
 
+  Built by `preprocessing`'s own flag parser and `make_settings` from the
+  dataset's recorded flags, so the page detects exactly as preprocessing did.
+
   Args:
     info: the dataset's `dataset_info.json` (its "options" are the
       preprocessing flags), or None for the preprocessing defaults.
@@ -107,29 +110,20 @@ def detection_settings(info: dict | None, image_size: int, max_patches: int):
     max_patches: boxes to keep after the filters (the first N are the ones
       preprocessing with N keeps: the NMS is greedy, best first).
   """
-  from preprocessing import detect, worker
+  from preprocessing.__main__ import build_parser, make_settings
 
+  args = build_parser().parse_args(["--source", "synthetic", "--output", "unused"])
   options = dict((info or {}).get("options") or {})
-  defaults = detect.BoxFilter()
-  box_filter = detect.BoxFilter(
-    num_patches=max_patches,
-    min_area=float(options.get("min_area") or defaults.min_area),
-    max_area=float(options.get("max_area") or defaults.max_area),
-    max_aspect=float(options.get("max_aspect") or defaults.max_aspect),
-    nms_iou=float(options.get("nms_iou", defaults.nms_iou)),
-    max_box_height=options.get("max_box_height"),
-  )
-  sed_model = options.get("sed_model")
-  if sed_model and not os.path.isfile(sed_model):
-    print(f"{PROG}: the dataset's --sed-model {sed_model!r} is not here; proposing boxes from gradient edges")
-    sed_model = None
-  return worker.Settings(
-    image_size=image_size,
-    min_side=int(options.get("min_side") or worker.Settings.min_side),
-    center_crop=int(options.get("center_crop") or 0),
-    box_filter=box_filter,
-    sed_model=sed_model,
-  )
+  if options and "scoring" not in options:
+    options["scoring"] = "edgeboxes"  # recorded before the ranking priors existed: EdgeBoxes' own order
+  for key, value in options.items():
+    if hasattr(args, key):
+      setattr(args, key, value)
+  args.image_size, args.num_patches = image_size, max_patches
+  if args.sed_model and not os.path.isfile(args.sed_model):
+    print(f"{PROG}: the dataset's --sed-model {args.sed_model!r} is not here; proposing boxes from gradient edges")
+    args.sed_model = None
+  return make_settings(args)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,6 +99,22 @@ def test_bad_uploads_are_one_line_errors_naming_the_file(data, expected):
   assert "'f.png'" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_the_page_proposes_the_boxes_preprocessing_stores():
+  from preprocessing import detect, worker
+
+  face = _face(160)
+  info = {"options": {"num_patches": 3, "min_side": 128, "scoring": "priors", "max_area": 0.3}}
+  page = serve.detection_settings(info, 32, 6)
+  assert page.box_filter.max_area == 0.3 and page.box_filter.num_patches == 6
+  proposed, (h, w) = worker.detect_boxes(face, page)
+  image, stored = worker.make_example(face, serve.detection_settings(info, 32, 3))
+  assert len(proposed) > 3
+  np.testing.assert_allclose(detect.scale_boxes(proposed[:3], h, w, 32), stored)  # the first N are the stored N
+  np.testing.assert_array_equal(worker.model_image(face, page), image)
+  old = serve.detection_settings({"options": {"num_patches": 3}}, 32, 6)  # written before the ranking priors
+  assert old.box_filter.centre_weight == 0 and old.box_filter.border_weight == 0
+
+
 def test_bad_flags_exit_before_anything_slow(capsys):
   with pytest.raises(SystemExit):
     serve.parse_args(["--workdir", "w", "--max-patches", "0"])
