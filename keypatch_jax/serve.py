@@ -5,9 +5,9 @@
 Upload a photo (or pick a test image of --data): the page runs the same
 EdgeBoxes detection as `python -m preprocessing` (`preprocessing.worker`) and
 draws the proposed key patches; drag, resize or redraw them, choose how many
-to use, add separate patch images (the paper's part combination, §4.3), and
-generate: the predicted mask, the generated image and the patches pasted
-where the mask put them (`paste.paste_patches`). Only the generator is
+to use, add separate patch images (the paper's part combination, Table 1 and
+Figure 9), and generate: the predicted mask, the generated image and the
+patches pasted where the mask put them (`paste.paste_patches`). Only the generator is
 restored (EMA parameters unless --raw), as `sample` does; it is compiled for
 every N in 1..--max-patches before the server starts listening.
 
