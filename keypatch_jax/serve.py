@@ -114,8 +114,9 @@ def detection_settings(info: dict | None, image_size: int, max_patches: int):
 
   args = build_parser().parse_args(["--source", "synthetic", "--output", "unused"])
   options = dict((info or {}).get("options") or {})
-  if options and "scoring" not in options:
-    options["scoring"] = "edgeboxes"  # recorded before the ranking priors existed: EdgeBoxes' own order
+  if options:  # flags added after a dataset was written: the behaviour it was written with
+    options.setdefault("scoring", "edgeboxes")
+    options.setdefault("selection", "nms")
   for key, value in options.items():
     if hasattr(args, key):
       setattr(args, key, value)

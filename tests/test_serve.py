@@ -113,6 +113,8 @@ def test_the_page_proposes_the_boxes_preprocessing_stores():
   np.testing.assert_array_equal(worker.model_image(face, page), image)
   old = serve.detection_settings({"options": {"num_patches": 3}}, 32, 6)  # written before the ranking priors
   assert old.box_filter.centre_weight == 0 and old.box_filter.border_weight == 0
+  old = serve.detection_settings({"options": {"scoring": "priors"}}, 32, 6)  # written before --selection
+  assert old.box_filter.selection == "nms" and old.box_filter.centre_weight > 0
 
 
 def test_bad_flags_exit_before_anything_slow(capsys):
