@@ -131,13 +131,21 @@ def make_example(
     boxes = place_boxes(given, h, w, settings.boxes_scale)
   if len(boxes) < settings.box_filter.num_patches:
     raise images.Reject("too_few_boxes")
+  return model_image(image, settings), detect.scale_boxes(boxes, h, w, settings.image_size)
+
+
+def model_image(image: np.ndarray, settings: Settings) -> np.ndarray:
+  """The stored S x S picture of an RGB image [H, W, 3] (after any center crop): uint8 [S, S, 3].
+
+  Very large images are first reduced to the detection frame's scale; the
+  aspect ratio is not kept (boxes are scaled per axis with `detect.scale_boxes`).
+  """
   s = settings.image_size
   src = image
   if min(image.shape[:2]) > 2 * max(settings.min_side, s):
     src = detect.resize_short_side(image, max(settings.min_side, s))
   interp = cv2.INTER_AREA if min(src.shape[:2]) >= s else cv2.INTER_CUBIC
-  out = cv2.resize(src, (s, s), interpolation=interp)
-  return out, detect.scale_boxes(boxes, h, w, s)
+  return cv2.resize(src, (s, s), interpolation=interp)
 
 
 def process_item(item: sources.Item, given: Given = None) -> Result:
