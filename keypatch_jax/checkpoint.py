@@ -32,8 +32,72 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 
 
+ITEMS = ("generator", "rest", "meta")
+# The file each item's Orbax handler writes last-but-commit; an item without it cannot be restored.
+ITEM_METADATA = {"generator": "_METADATA", "rest": "_METADATA", "meta": "metadata"}
+INCOMPLETE_DIR = "incomplete_checkpoints"  # where a resumed run moves newer incomplete steps (never deletes)
+
+
 class CheckpointError(errors.UserError):
   """No usable checkpoint (one-line message naming the workdir)."""
+
+
+def missing_items(directory: str, step: int, items: tuple[str, ...] = ITEMS) -> list[str]:
+  """The items of checkpoint `step` under `directory` (WORKDIR/checkpoints) that are absent or incomplete."""
+  import tensorflow as tf
+
+  return [
+    name for name in items if not tf.io.gfile.exists(os.path.join(directory, str(step), name, ITEM_METADATA[name]))
+  ]
+
+
+def saved_steps(directory: str) -> list[int]:
+  """The finished checkpoint steps under `directory` (WORKDIR/checkpoints), without creating anything.
+
+  Orbax writes a step under a temporary name and renames it when done, so a
+  save that never finished is not listed.
+  """
+  import tensorflow as tf
+
+  if not tf.io.gfile.isdir(directory):
+    return []
+  return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(directory) if name.rstrip("/").isdigit())
+
+
+def newest_complete_step(directory: str, items: tuple[str, ...] = ITEMS) -> tuple[int | None, dict[int, list[str]]]:
+  """The newest step under `directory` (WORKDIR/checkpoints) holding every one of `items`, and the newer
+  steps skipped with what each lacks.
+
+  Returns:
+    (step or None when no step is complete, {skipped step: [missing item names]}).
+  """
+  skipped = {}
+  for step in reversed(saved_steps(directory)):
+    missing = missing_items(directory, step, items)
+    if not missing:
+      return step, skipped
+    skipped[step] = missing
+  return None, skipped
+
+
+def describe_skipped(skipped: dict[int, list[str]]) -> str:
+  """'step 4 lacks rest/, step 3 lacks generator/ and meta/'."""
+  return ", ".join(f"step {s} lacks {' and '.join(m + '/' for m in items)}" for s, items in skipped.items())
+
+
+def set_aside(workdir: str, steps: list[int]) -> str:
+  """Moves checkpoint `steps` to WORKDIR/incomplete_checkpoints/ (so new saves can use their numbers); its path."""
+  import tensorflow as tf
+
+  target = os.path.join(workdir, INCOMPLETE_DIR)
+  tf.io.gfile.makedirs(target)
+  for step in steps:
+    dest = os.path.join(target, str(step))
+    k = 1
+    while tf.io.gfile.exists(dest):
+      dest, k = os.path.join(target, f"{step}.{k}"), k + 1
+    tf.io.gfile.rename(os.path.join(workdir, CHECKPOINT_DIR, str(step)), dest)
+  return target
 
 
 def manager(
@@ -130,9 +194,10 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], workdir: str
     CheckpointError: the checkpoint is for other image sizes or patch counts
       (its networks cannot be restored into this config's).
 
-  A different `steps_per_epoch` (batch size or dataset size) or `data_dir` is
-  logged as a warning: the run goes on, but its data order is no longer the
-  one an uninterrupted run would have seen.
+  A different `data_dir` is logged as a warning: the run goes on, but its
+  data is no longer the one an uninterrupted run would have seen. A different
+  batch size is no such change: the run continues at the checkpoint's epoch
+  and example (`resume.Segment`).
   """
   for key in ("image_size", "num_patches"):
     if key in saved and saved[key] != current[key]:
@@ -140,7 +205,7 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], workdir: str
         f"the checkpoint at step {saved['step']} in {workdir!r} has {key} {saved[key]} but the config has "
         f"{current[key]}; train on a dataset with {key} {saved[key]} or use a new --workdir"
       )
-  for key in ("steps_per_epoch", "data_dir"):
+  for key in ("data_dir",):
     if key in saved and saved[key] != current[key]:
       logging.warning(
         "Resuming %s from step %s with %s %r (the checkpoint had %r): the data order differs from an "
@@ -158,8 +223,18 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   import tensorflow as tf
 
   tf.io.gfile.makedirs(workdir)
-  with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), "w") as f:
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + ".tmp"  # then a rename: an interrupted write never leaves a truncated config.json
+  with tf.io.gfile.GFile(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def has_config(workdir: str) -> bool:
+  """Whether `workdir` holds a run's config.json."""
+  import tensorflow as tf
+
+  return tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -169,17 +244,26 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not tf.io.gfile.exists(path):
     raise CheckpointError(f"{path!r} not found: {workdir!r} is not a training workdir")
-  with tf.io.gfile.GFile(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.loss.fakes = tuple(config.loss.fakes)
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      config = ml_collections.ConfigDict(json.loads(f.read()))
+    config.loss.fakes = tuple(config.loss.fakes)
+  except (ValueError, AttributeError, KeyError, TypeError) as e:  # JSON errors are ValueErrors
+    raise CheckpointError(f"{path!r} is not a training config ({type(e).__name__}: {e})") from None
   return config
 
 
-def _open_step(workdir: str, step: int | None) -> tuple[ml_collections.ConfigDict, ocp.CheckpointManager, int]:
-  """The run's config, a read-only manager and the checkpoint step to restore.
+def _open_step(
+  workdir: str, step: int | None, items: tuple[str, ...]
+) -> tuple[ml_collections.ConfigDict, ocp.CheckpointManager, int]:
+  """The run's config, a read-only manager and the checkpoint step to restore `items` from.
+
+  Without `step`: the newest step that holds `items` (a warning names newer
+  steps that lack them).
 
   Raises:
-    CheckpointError: no workdir, no checkpoint, or `step` not among them.
+    CheckpointError: no workdir, no checkpoint (with `items`), or `step` not
+      among them or lacking an item.
   """
   if not os.path.isdir(workdir) and "://" not in workdir:
     raise CheckpointError(f"workdir {workdir!r} does not exist")
@@ -191,9 +275,15 @@ def _open_step(workdir: str, step: int | None) -> tuple[ml_collections.ConfigDic
       f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}; train first or pass the right --workdir"
     )
   if step is None:
-    step = max(steps)
+    step, skipped = newest_complete_step(str(mngr.directory), items)
+    if step is None:
+      raise CheckpointError(f"no complete checkpoint in {workdir!r}: {describe_skipped(skipped)}")
+    if skipped:
+      logging.warning("Using checkpoint step %d of %s: %s", step, workdir, describe_skipped(skipped))
   elif step not in steps:
     raise CheckpointError(f"--step {step} not in {workdir!r} (available: {sorted(steps)})")
+  elif missing := missing_items(str(mngr.directory), step, items):
+    raise CheckpointError(f"--step {step} in {workdir!r}: {describe_skipped({step: missing})}")
   return config, mngr, step
 
 
@@ -212,7 +302,7 @@ def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True
   Raises:
     CheckpointError: a one-line message when there is no workdir or checkpoint.
   """
-  config, mngr, step = _open_step(workdir, step)
+  config, mngr, step = _open_step(workdir, step, ("generator",))
   generator, _ = models.build_models(config)
   s, n = config.image_size, config.num_patches
   shapes = jax.eval_shape(
@@ -244,9 +334,7 @@ def restore_discriminator(workdir: str, step: int | None = None):
   Raises:
     CheckpointError: a one-line message when there is no workdir or checkpoint.
   """
-  config, mngr, step = _open_step(workdir, step)
-  if not os.path.isdir(os.path.join(mngr.directory, str(step), "rest")) and "://" not in workdir:
-    raise CheckpointError(f"checkpoint {step} in {workdir!r} has no discriminator (its `rest` item is missing)")
+  config, mngr, step = _open_step(workdir, step, ("rest",))
   _, rest = _split(jax.eval_shape(lambda: create_train_state(config, jax.random.key(0))))
   wanted = {"d": {"params": rest["d"]["params"], "batch_stats": rest["d"]["batch_stats"]}}
   wanted = _abstract(wanted)

@@ -6,18 +6,22 @@ One `tf.train.Example` per image:
   image   bytes    PNG-encoded uint8 image of shape [S, S, 3] (S = image_size).
   boxes   float32  [N * 4], N key-patch boxes as (x, y, w, h) in pixels of the
                    stored S x S image, sorted by objectness (best first).
-  id      bytes    a stable identifier (source file name or TFDS key).
+  id      bytes    a stable identifier (source file path or TFDS key), see
+                   `id_bytes`.
   label   int64    a class label when the source has one, else -1 (used only by
                    the linear probe, `keypatch_jax.probe`).
 
 The dataset directory also holds `dataset_info.json` (see `read_dataset_info`)
-with `image_size` and `num_patches`, which fix S and N for the reader.
+with `image_size` and `num_patches`, which fix S and N for the reader, the
+shard files of each split with their record counts and byte sizes (checked by
+`split_files` before anything reads them), and the command that rebuilds them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from typing import Any
 
 import numpy as np
@@ -39,6 +43,16 @@ def feature_spec(num_patches: int) -> dict[str, Any]:
     "id": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
   }
+
+
+def id_bytes(example_id: str) -> bytes:
+  """The stored bytes of an id: UTF-8, with surrogate escapes turned back into the raw bytes.
+
+  A file name that is not valid UTF-8 is held in Python as `os.fsdecode` does
+  (surrogate escapes); it is stored as its original file-system bytes, so ids
+  stay unique and every name can be written.
+  """
+  return example_id.encode("utf-8", "surrogateescape")
 
 
 def encode_example(image: np.ndarray, boxes: np.ndarray, example_id: str, label: int = -1) -> bytes:
@@ -63,7 +77,7 @@ def encode_example(image: np.ndarray, boxes: np.ndarray, example_id: str, label:
   feature = {
     "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
     "boxes": tf.train.Feature(float_list=tf.train.FloatList(value=boxes.tolist())),
-    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id.encode("utf-8")])),
+    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[id_bytes(example_id)])),
     "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
   }
   # deterministic: protobuf map fields otherwise serialise in a per-process order, and
@@ -124,9 +138,58 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
   return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
-def split_files(data_dir: str, split: str) -> list[str]:
-  """Sorted list of finished shard files of `split` in `data_dir`."""
+def rebuild_hint(info: dict[str, Any], data_dir: str) -> str:
+  """How to rewrite missing or damaged shards of `data_dir`: the preprocessing command recorded in `info`.
+
+  Its `--output` is `data_dir` (the dataset may have been moved since).
+  """
+  args = shlex.split(info.get("command") or "python -m preprocessing --source ... --output DIR")
+  if "--output" in args[:-1]:
+    args[args.index("--output") + 1] = data_dir
+  return f"rerun `{shlex.join(args)}`, which rewrites missing or damaged shards"
+
+
+def split_files(data_dir: str, split: str, info: dict[str, Any] | None = None) -> list[str]:
+  """The shard files of `split`, checked against `dataset_info.json`.
+
+  The shards `info` lists must all exist; where it records their byte sizes
+  (datasets written since the sizes were added), each file must have exactly
+  that size, which catches a truncated or emptied shard without reading it
+  (one stat per shard). Without `info["shards"]` the files are found by name.
+
+  Args:
+    data_dir: the dataset directory.
+    split: "train" or "test".
+    info: its `dataset_info.json` (read here when None).
+
+  Returns:
+    sorted paths (possibly empty when the split has no shards).
+
+  Raises:
+    DatasetFormatError: one line naming the first missing or wrong-sized shard
+      and the command that rebuilds it.
+  """
   import tensorflow as tf
 
-  pattern = os.path.join(data_dir, f"{split}-*-of-*.tfrecord")
-  return sorted(tf.io.gfile.glob(pattern))
+  info = read_dataset_info(data_dir) if info is None else info
+  names = (info.get("shards") or {}).get(split)
+  if names is None:
+    return sorted(tf.io.gfile.glob(os.path.join(data_dir, f"{split}-*-of-*.tfrecord")))
+  sizes = info.get("shard_files") or {}
+  files = []
+  for name in names:
+    path = os.path.join(data_dir, name)
+    expected = (sizes.get(name) or {}).get("bytes")
+    try:
+      actual = tf.io.gfile.stat(path).length
+    except tf.errors.NotFoundError:
+      raise DatasetFormatError(
+        f"{path}: missing ({INFO_FILE} lists {len(names)} {split} shards); {rebuild_hint(info, data_dir)}"
+      ) from None
+    if expected is not None and actual != expected:
+      raise DatasetFormatError(
+        f"{path}: {actual} bytes where {INFO_FILE} records {expected} (truncated or replaced); "
+        f"{rebuild_hint(info, data_dir)}"
+      )
+    files.append(path)
+  return sorted(files)

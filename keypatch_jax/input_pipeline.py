@@ -94,6 +94,16 @@ def load_meta(data_dir: str, image_size: int | None = None, num_patches: int | N
   return meta
 
 
+def check_shards(meta: DatasetMeta, splits: tuple[str, ...]) -> None:
+  """Checks the shard files of `splits` against `dataset_info.json` (one stat each): see `features.split_files`.
+
+  Raises:
+    features.DatasetFormatError: a missing or wrong-sized shard, named with the command that rebuilds it.
+  """
+  for split in splits:
+    features.split_files(meta.data_dir, split, meta.info)
+
+
 def steps_per_epoch(meta: DatasetMeta, global_batch: int) -> int:
   """Full global batches per epoch (the last partial batch is dropped)."""
   steps = meta.num_train // global_batch
@@ -188,24 +198,36 @@ def find_corrupt_shard(meta: DatasetMeta, files: list[str]) -> tuple[str, int, s
 def _numpy_batches(ds, meta: DatasetMeta, files: list[str]) -> Iterator[dict[str, Any]]:
   """`ds.as_numpy_iterator()`, turning a corrupt or truncated shard into a one-line DatasetFormatError."""
   tf = _tf()
+  # Bound now, not looked up in `except`: a generator left open is closed at interpreter
+  # exit, when TensorFlow's module attributes may already be None.
+  data_errors = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
   try:
     yield from ds.as_numpy_iterator()
-  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+  except data_errors as e:
     found = find_corrupt_shard(meta, files)
     if found is None:  # not a data problem after all
       raise
     path, count, message = found
     raise features.DatasetFormatError(
-      f"{path}: unreadable after {count} good records ({message}); delete that file and rerun the same "
-      "`python -m preprocessing` command, which rewrites missing shards"
+      f"{path}: unreadable after {count} good records ({message}); delete that file and "
+      f"{features.rebuild_hint(meta.info, meta.data_dir)}"
     ) from e
 
 
+def _short_epoch_error(meta: DatasetMeta, epoch: int, got: int, wanted: int) -> features.DatasetFormatError:
+  """The one-line error for an epoch that yielded fewer batches than `dataset_info.json` promises."""
+  return features.DatasetFormatError(
+    f"{meta.data_dir}: the train shards of this process yielded {got} of the {wanted} batches of epoch {epoch} "
+    f"that {features.INFO_FILE} promises ({meta.num_train} train records); "
+    f"{features.rebuild_hint(meta.info, meta.data_dir)}"
+  )
+
+
 def _host_files(meta: DatasetMeta, split: str) -> tuple[list[str], bool]:
-  """This process's shard files, and whether records still need `shard()`."""
-  files = features.split_files(meta.data_dir, split)
+  """This process's shard files (checked against `dataset_info.json`), and whether records still need `shard()`."""
+  files = features.split_files(meta.data_dir, split, meta.info)
   if not files:
-    raise features.DatasetFormatError(f"{meta.data_dir}: no {split}-*.tfrecord files")
+    raise features.DatasetFormatError(f"{meta.data_dir}: no {split} shards (see {features.INFO_FILE})")
   count, index = jax.process_count(), jax.process_index()
   if len(files) >= count:
     return files[index::count], False
@@ -243,19 +265,17 @@ def _decode(meta: DatasetMeta, seed: int, flip: bool):
   return fn
 
 
-def _train_dataset(meta: DatasetMeta, config, epoch: int, skip_batches: int, host_batch: int):
-  """tf.data pipeline of one epoch, starting after `skip_batches` batches."""
+def _train_dataset(meta: DatasetMeta, config, epoch: int, skip_records: int, host_batch: int):
+  """tf.data pipeline of one epoch, starting after this host's first `skip_records` records."""
   tf = _tf()
   s = meta.image_size
   per_example = config.flip == "per_example"
   real, seed = _epoch_stream(meta, config, epoch, salt=0)
   other, other_seed = _epoch_stream(meta, config, epoch, salt=1)
-  real = real.skip(skip_batches * host_batch).map(
-    _decode(meta, seed, per_example), num_parallel_calls=AUTOTUNE, deterministic=True
-  )
+  real = real.skip(skip_records).map(_decode(meta, seed, per_example), num_parallel_calls=AUTOTUNE, deterministic=True)
   other = (
     other.repeat()
-    .skip(skip_batches * host_batch)
+    .skip(skip_records)
     .map(_decode(meta, other_seed, per_example), num_parallel_calls=AUTOTUNE, deterministic=True)
   )
 
@@ -270,7 +290,7 @@ def _train_dataset(meta: DatasetMeta, config, epoch: int, skip_batches: int, hos
   ds = ds.map(_exclude_batch_from_other, num_parallel_calls=AUTOTUNE, deterministic=True)
   if config.flip == "per_batch":  # the official code: one coin per batch
     batch_seed = int(np.random.SeedSequence([config.seed, 2, epoch]).generate_state(1)[0] % 2**31)
-    ds = ds.enumerate(start=skip_batches).map(_flip_batch(s, batch_seed), deterministic=True)
+    ds = ds.enumerate(start=skip_records // host_batch).map(_flip_batch(s, batch_seed), deterministic=True)
   return ds.prefetch(AUTOTUNE)
 
 
@@ -327,22 +347,48 @@ def host_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
-def train_iterator(meta: DatasetMeta, config, start_step: int = 0) -> Iterator[dict[str, Any]]:
-  """Endless iterator of device-sharded training batches, from `start_step` on.
+def train_iterator(
+  meta: DatasetMeta, config, start_step: int = 0, *, position: tuple[int, int] | None = None
+) -> Iterator[dict[str, Any]]:
+  """Endless iterator of device-sharded training batches, from `start_step` (or `position`) on.
+
+  Args:
+    meta: the dataset.
+    config: batch_size, seed, flip, shuffle_buffer.
+    start_step: steps already taken at this batch size: the position is
+      (epoch, examples) = (start_step // steps_per_epoch, the rest * batch_size).
+    position: (epoch, examples of it already seen, global) instead of
+      `start_step`, e.g. a checkpoint's position after a batch size change.
+      The record order of an epoch does not depend on the batch size, so the
+      run continues with the same examples.
 
   Yields dicts of numpy arrays: image, other [D, b, S, S, 3]; patches
   [D, b, N, S, S, 3]; boxes [D, b, N, 4]; label [D, b].
+
+  Raises:
+    features.DatasetFormatError: a shard is missing, has the wrong size or
+      is unreadable, or an epoch yields fewer batches than
+      `dataset_info.json` promises (it never loops on an input that yields
+      nothing).
   """
   host_batch = host_batch_size(config.batch_size)
   spe = steps_per_epoch(meta, config.batch_size)
-  epoch, skip = divmod(start_step, spe)
+  if position is None:
+    epoch, batches = divmod(start_step, spe)
+    position = (epoch, batches * config.batch_size)
+  epoch, seen = position
   devices = jax.local_device_count()
   files, _ = _host_files(meta, "train")  # this process's shards, searched if one is unreadable
   while True:
-    ds = _train_dataset(meta, config, epoch, skip, host_batch).take(spe - skip)
+    wanted = (meta.num_train - seen) // config.batch_size  # full batches left in this epoch
+    ds = _train_dataset(meta, config, epoch, seen // jax.process_count(), host_batch).take(wanted)
+    count = 0
     for batch in _numpy_batches(ds, meta, files):
+      count += 1
       yield shard_batch(batch, devices)
-    epoch, skip = epoch + 1, 0
+    if count < wanted:
+      raise _short_epoch_error(meta, epoch, spe - wanted + count, spe)
+    epoch, seen = epoch + 1, 0
 
 
 def eval_batches(
@@ -354,9 +400,13 @@ def eval_batches(
   patches [b, N, S, S, 3], boxes [b, N, 4], label [b], id [b] (bytes). The
   last batch may be smaller.
   """
-  files = features.split_files(meta.data_dir, split)
+  files = features.split_files(meta.data_dir, split, meta.info)
   if not files:
-    raise features.DatasetFormatError(f"{meta.data_dir}: no {split}-*.tfrecord files")
+    raise features.DatasetFormatError(
+      f"{meta.data_dir}: no {split} shards (see {features.INFO_FILE}); preprocess with a --test-count > 0"
+      if split == "test"
+      else f"{meta.data_dir}: no {split} shards (see {features.INFO_FILE})"
+    )
   s, n = meta.image_size, meta.num_patches
 
   def fn(serialized):

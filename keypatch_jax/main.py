@@ -44,10 +44,14 @@ def _train(argv) -> int:
   # Imported here, not at the top, so that `--help` answers without importing JAX and TensorFlow.
   import jax
 
-  from keypatch_jax import train
+  from keypatch_jax import train, validation
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    FLAGS.config.get("batch_size")  # the file is loaded lazily: a missing one fails here
+  except OSError as e:
+    raise validation.ConfigError(_config_message(e, config_flags.get_config_filename(FLAGS["config"]))) from None
   _maybe_initialize_distributed()
   logging.info(
     "JAX process %d/%d, %d local devices (%s)",
@@ -66,9 +70,31 @@ def main(argv) -> None:
     sys.exit(status)
 
 
+def _config_message(error: BaseException, filename: str) -> str:
+  """One line naming the config file that could not be loaded and why."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  reason = lines[-1] if lines else ""
+  if isinstance(error, SyntaxError):
+    reason = f"SyntaxError: {error.msg} ({error.filename}, line {error.lineno})"
+  elif not isinstance(error, OSError):
+    reason = f"{type(error).__name__}: {reason}"
+  return f"--config {filename}: {reason}"
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; a config file that does not import is one line, not a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except Exception as e:  # noqa: BLE001 - the user's config module raised while loading
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    given += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    print(f"{PROG}: error: {_config_message(e, given[-1] if given else '?')}", file=sys.stderr)
+    sys.exit(1)
+
+
 def run() -> None:
   """Console-script entry point (`keypatch-train`)."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import numpy as np
 from keypatch_jax import errors, input_pipeline
 
 MODES = ("key", "random", "combine", "noisy", "permute")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 class PatchError(errors.UserError):
@@ -126,28 +125,35 @@ def permutations(num_patches: int, limit: int = 24) -> list[tuple[int, ...]]:
 
 
 def load_patch_folder(folder: str, image_size: int) -> np.ndarray:
-  """The user's own patches: every image file in `folder` (sorted by name), resized to S x S.
+  """The user's own patches: every file in `folder` (sorted by name), decoded and resized to S x S.
+
+  A file is a patch if it decodes (any format OpenCV or Pillow reads, whatever
+  its name, as in preprocessing); sub-folders are not read.
 
   Returns:
-    float32 [1, N, S, S, 3] in [-1, 1], N = the number of image files.
+    float32 [1, N, S, S, 3] in [-1, 1], N = the number of files.
 
   Raises:
-    PatchError: the folder is missing or empty, or a file cannot be decoded.
+    PatchError: the folder is missing or holds no files, or a file is not a
+      usable image (named, with the reason).
   """
   import cv2
 
+  from preprocessing import images
+
   if not os.path.isdir(folder):
     raise PatchError(f"--patches {folder!r} is not a directory")
-  names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+  names = sorted(f for f in os.listdir(folder) if not os.path.isdir(os.path.join(folder, f)))
   if not names:
-    raise PatchError(f"--patches {folder!r} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    raise PatchError(f"--patches {folder!r} holds no files")
   out = []
   for name in names:
     path = os.path.join(folder, name)
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-      raise PatchError(f"cannot read patch image {path!r} (not a decodable image)")
-    image = cv2.resize(image[..., ::-1], (image_size, image_size), interpolation=cv2.INTER_CUBIC)
+    try:
+      image = images.read_image_file(path)
+    except images.Reject as r:
+      raise PatchError(f"cannot read patch image {path!r} ({r.reason}); remove it from {folder!r}") from None
+    image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_CUBIC)
     out.append(np.clip(image.astype(np.float32) / 127.5 - 1.0, -1.0, 1.0))
   return np.stack(out)[None]
 

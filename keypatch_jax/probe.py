@@ -15,7 +15,9 @@ same probe on raw pixels: the N patches summed over patches and flattened
 from __future__ import annotations
 
 import argparse
+import codecs
 import functools
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -42,42 +44,65 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def read_labels(path: str) -> dict[bytes, int]:
-  """`id,label` lines -> {id: label}."""
-  out = {}
+  """`id,label` lines -> {id: label}, ids as the bytes the records store (`features.id_bytes`).
+
+  Read as bytes, so ids that are not valid UTF-8 match; a UTF-8 byte-order
+  mark, CRLF line ends, an `id,label` header line, blank lines and quotes
+  around an id are accepted. Labels are integers >= -1 (-1: unlabelled).
+
+  Raises:
+    DataConfigError: one line naming the file and line of a malformed entry,
+      or an id given two different labels.
+  """
   try:
-    with open(path) as f:
-      for number, line in enumerate(f, 1):
-        if line.strip():
-          key, _, value = line.strip().rpartition(",")
-          try:
-            out[key.encode()] = int(value)
-          except ValueError:
-            raise input_pipeline.DataConfigError(
-              f"{path}:{number}: expected `id,label`, got {line.strip()!r}"
-            ) from None
+    with open(path, "rb") as f:
+      data = f.read()
   except OSError as e:
     raise input_pipeline.DataConfigError(f"--labels {path!r}: {e.strerror}") from None
+  out: dict[bytes, int] = {}
+  for number, line in enumerate(data.removeprefix(codecs.BOM_UTF8).splitlines(), 1):
+    line = line.strip()
+    if not line:
+      continue
+    key, comma, value = line.rpartition(b",")
+    key = key.strip()
+    if len(key) >= 2 and key[:1] == key[-1:] == b'"':
+      key = key[1:-1]
+    try:
+      label = int(value)
+    except ValueError:
+      if number == 1 and comma:  # a header line such as `id,label`
+        continue
+      label = None
+    if not comma or not key or label is None or label < -1:
+      raise input_pipeline.DataConfigError(
+        f"{path}:{number}: expected `id,label` with an integer label >= -1, got {line.decode(errors='replace')!r}"
+      )
+    if out.get(key, label) != label:
+      raise input_pipeline.DataConfigError(f"{path}:{number}: id {key!r} has two labels, {out[key]} and {label}")
+    out[key] = label
   return out
 
 
 def features(run: inference.Run, split: str, limit: int | None, labels: dict[bytes, int] | None):
-  """(embeddings [M, E], summed patch pixels [M, S*S*3], labels [M]) of a split."""
+  """(embeddings [M, E], summed patch pixels [M, S*S*3], labels [M], ids [M]) of a split."""
   encode = jax.jit(
     lambda variables, p: run.generator.apply(variables, p, False, method=run.generator.encode)[-1].reshape(
       p.shape[0], -1
     )
   )
-  emb, pix, lab = [], [], []
+  emb, pix, lab, ids = [], [], [], []
   for batch in input_pipeline.eval_batches(run.meta, split, batch_size=64, limit=limit):
     emb.append(np.asarray(encode(run.variables, batch["patches"])))
     pix.append(batch["patches"].sum(axis=1).reshape(batch["patches"].shape[0], -1))
+    ids.extend(bytes(i) for i in batch["id"])
     if labels is None:
       lab.append(batch["label"])
     else:
       lab.append(np.array([labels.get(bytes(i), -1) for i in batch["id"]], np.int64))
   if not emb:
     raise input_pipeline.DataConfigError(f"{run.meta.data_dir}: the {split} split is empty")
-  return np.concatenate(emb), np.concatenate(pix), np.concatenate(lab)
+  return np.concatenate(emb), np.concatenate(pix), np.concatenate(lab), ids
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
@@ -129,13 +154,25 @@ def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
   run = inference.load_run(args.workdir, args.data, step=args.step, ema=not args.raw)
   labels = read_labels(args.labels) if args.labels else None
-  train_e, train_p, train_y = features(run, "train", args.limit, labels)
-  test_e, test_p, test_y = features(run, "test", args.limit, labels)
+  train_e, train_p, train_y, train_ids = features(run, "train", args.limit, labels)
+  test_e, test_p, test_y, test_ids = features(run, "test", args.limit, labels)
   keep_train, keep_test = train_y >= 0, test_y >= 0
+  if labels is not None and not set(labels) & set(train_ids + test_ids):
+    raise input_pipeline.DataConfigError(
+      f"--labels {args.labels!r}: none of its {len(labels)} ids is an id of {args.data!r} "
+      f"(ids look like {train_ids[0].decode(errors='replace')!r})"
+    )
   if not keep_train.any() or not keep_test.any():
     raise input_pipeline.DataConfigError(
       f"{args.data!r} has no labels (every `label` is -1); the probe needs a labelled dataset or --labels FILE"
     )
+  for split, keep in (("train", keep_train), ("test", keep_test)):
+    if not keep.all():  # said, not dropped silently
+      source = f"in --labels {args.labels}" if labels is not None else "(label -1)"
+      print(
+        f"{PROG}: note: {int((~keep).sum())} of {keep.size} {split} images have no label {source}; left out",
+        file=sys.stderr,
+      )
   num_classes = int(max(train_y.max(), test_y.max())) + 1
   result = {"num_classes": num_classes, "num_train": int(keep_train.sum()), "num_test": int(keep_test.sum())}
   for name, (tr, te) in {"embedding": (train_e, test_e), "pixels": (train_p, test_p)}.items():

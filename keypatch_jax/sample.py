@@ -50,7 +50,9 @@ def grid_for(run: inference.Run, args: argparse.Namespace) -> np.ndarray:
     sets = np.repeat(patches.load_patch_folder(args.patches, run.config.image_size), args.num, axis=0)
     mask, image = generate(run.variables, sets, inference.noise(args.seed, 0, args.num, z_dim))
     return visualize.make_grid(sets, _np(mask), np.asarray(image), None)
-  batch = next(input_pipeline.eval_batches(run.meta, "test", batch_size=args.num, limit=args.num))
+  batch = next(input_pipeline.eval_batches(run.meta, "test", batch_size=args.num, limit=args.num), None)
+  if batch is None:
+    raise input_pipeline.DataConfigError(f"{run.meta.data_dir}: the test split is empty")
   sets, _, real = patches.make_patch_sets(
     args.mode, batch["image"], batch["patches"], batch["boxes"], run.meta.info, seed=args.seed, noise=args.noise
   )

@@ -65,7 +65,7 @@ def png_data_url(image: np.ndarray) -> str:
 
 
 _REJECT_MESSAGES = {
-  "not_an_image": "is not an image (use PNG, JPEG, BMP, WebP or TIFF)",
+  "not_an_image": "is not an image OpenCV or Pillow can read (use PNG, JPEG, BMP, WebP, TIFF or GIF)",
   "truncated": "is a truncated JPEG (its end marker is missing)",
   "decode_error": "cannot be decoded as an image",
   "read_error": "cannot be read",

@@ -51,6 +51,7 @@ def train_step(
   g_first: bool,
   adversarial: bool,
   steps_per_epoch: int,
+  step_offset: int = 0,
   num_epochs: int,
   lambda_start: float,
   lambda_end: float,
@@ -66,6 +67,8 @@ def train_step(
     rng: a base key; the step's randomness is fold_in(rng, step, device).
     generator, discriminator, kinds, ...: statics (bound with functools.partial).
     axis_name: the device axis to average over (None: single device, no pmean).
+    step_offset: the epoch of a step is (step + step_offset) // steps_per_epoch
+      (`resume.Segment.step_offset`; 0 unless resumed mid-epoch with another batch size).
 
   Returns:
     (new state, metrics). If any loss is not finite the state is returned
@@ -80,7 +83,7 @@ def train_step(
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(b))
   z = jax.vmap(lambda k: models.sample_z(k, generator.z_dim))(keys)
   mask_true = losses.mask_from_boxes(batch["boxes"], real.shape[1])
-  epoch = state.step // steps_per_epoch
+  epoch = (state.step + step_offset) // steps_per_epoch  # the data's epoch, whatever batch size came before
   lam = losses.lambda_schedule(epoch, num_epochs, lambda_start, lambda_end, lambda_scale)
   g_row = 1 + list(kinds).index("G")
   metrics: dict[str, jax.Array] = {"lambda": lam, "epoch": epoch.astype(jnp.float32)}
@@ -158,10 +161,11 @@ def train_step(
   return new_state, metrics
 
 
-def step_fn(config, steps_per_epoch: int, *, axis_name: str | None = AXIS) -> Callable:
+def step_fn(config, steps_per_epoch: int, *, step_offset: int = 0, axis_name: str | None = AXIS) -> Callable:
   """The per-device `train_step` with every static bound from `config`.
 
-  `axis_name` None: one device takes the whole batch (no pmean).
+  `axis_name` None: one device takes the whole batch (no pmean). `step_offset`:
+  see `train_step`.
   """
   per_device = config.batch_size // jax.device_count() if axis_name else config.batch_size
   generator, discriminator = models.build_models(config, axis_name=axis_name, train=True, batch_size=per_device)
@@ -171,6 +175,7 @@ def step_fn(config, steps_per_epoch: int, *, axis_name: str | None = AXIS) -> Ca
     discriminator=discriminator,
     kinds=discriminator_kinds(config),
     steps_per_epoch=steps_per_epoch,
+    step_offset=step_offset,
     axis_name=axis_name,
     **{k: config[k] for k in ("d_steps", "g_steps", "g_first", "num_epochs", "ema_decay")},
     **{k: config.loss[k] for k in ("reduction", "adversarial", "lambda_start", "lambda_end", "lambda_scale")},

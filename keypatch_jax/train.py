@@ -9,6 +9,7 @@ data-parallel step of `step.py` and reports the test-split mask IoU through
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import time
 import weakref
@@ -21,7 +22,18 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from keypatch_jax import checkpoint, errors, inference, input_pipeline, losses, metrics, models, visualize
+from keypatch_jax import (
+  background,
+  checkpoint,
+  errors,
+  inference,
+  input_pipeline,
+  losses,
+  metrics,
+  models,
+  resume,
+  visualize,
+)
 from keypatch_jax.state import TrainState, create_train_state
 from keypatch_jax.step import AXIS, parallelize, replicate, step_fn, unreplicate
 from keypatch_jax.validation import num_train_steps, validate_config
@@ -83,17 +95,31 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """
   validate_config(config)
   meta = input_pipeline.load_meta(config.data_dir, config.image_size, config.num_patches)
+  input_pipeline.check_shards(meta, ("train", "test"))
   input_pipeline.host_batch_size(config.batch_size)
   spe = input_pipeline.steps_per_epoch(meta, config.batch_size)
-  total = num_train_steps(config, spe)
+  # A rerun: pick the step to resume from and check the config against it, before writing anything.
+  resume_step, incomplete = checkpoint.newest_complete_step(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
+  if resume_step is None and incomplete:
+    raise checkpoint.CheckpointError(
+      f"no complete checkpoint in {workdir!r} ({checkpoint.describe_skipped(incomplete)}); "
+      "move its checkpoints/ away to start afresh, or use a new --workdir"
+    )
+  old_config = None
+  if resume_step is not None and checkpoint.has_config(workdir):
+    old_config = checkpoint.read_config(workdir)
+    resume.check_config_change(old_config, config, workdir)
+  segment = resume.Segment.start(0, 0, 0, meta.num_train, config.batch_size)
 
   def position(step: int) -> dict[str, Any]:
     """The checkpoint's `meta` item: the data position of `step` and what it depends on."""
-    epoch, offset = divmod(step, spe)
+    epoch, examples = segment.position(step)
     return {
       "step": step,
       "epoch": epoch,
-      "batches_into_epoch": offset,
+      "examples_into_epoch": examples,
+      "batches_into_epoch": examples // config.batch_size,
+      "batch_size": config.batch_size,
       "steps_per_epoch": spe,
       "image_size": config.image_size,
       "num_patches": config.num_patches,
@@ -102,24 +128,48 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   state = jax.jit(functools.partial(create_train_state, config))(init_rng)
-  mngr = checkpoint.manager(workdir, max_to_keep=config.max_to_keep, save_every=config.checkpoint_every_steps)
-  latest = mngr.latest_step()
-  if latest is not None:  # resume: check, restore the state, then the data position follows from its step
-    checkpoint.check_resumable(checkpoint.read_meta(mngr, latest), position(latest), workdir)
-    state, _ = checkpoint.restore(mngr, state, latest)
+  if resume_step is not None:  # resume: check, restore the state, then the data position from its meta
+    reader = checkpoint.manager(workdir, read_only=True)
+    saved = checkpoint.read_meta(reader, resume_step)
+    checkpoint.check_resumable(saved, {**position(0), "step": resume_step}, workdir)
+    state, _ = checkpoint.restore(reader, state, resume_step)
+    reader.close()
+    old_batch = config.batch_size if old_config is None else int(old_config.batch_size)
+    epoch, examples = resume.checkpoint_position(saved, old_batch)
+    segment = resume.Segment.start(int(state.step), epoch, examples, meta.num_train, config.batch_size)
     logging.info("Resumed from step %d in %s", int(state.step), workdir)
+    if old_batch != config.batch_size:
+      logging.info(
+        "batch_size %d -> %d: continuing epoch %d at example %d of %d (the λ schedule follows the epoch)",
+        old_batch,
+        config.batch_size,
+        segment.epoch,
+        segment.examples,
+        meta.num_train,
+      )
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
+    if incomplete:
+      moved = checkpoint.set_aside(workdir, sorted(incomplete))
+      logging.warning(
+        "Resuming from step %d: %s (moved to %s)", resume_step, checkpoint.describe_skipped(incomplete), moved
+      )
+  mngr = checkpoint.manager(workdir, max_to_keep=config.max_to_keep, save_every=config.checkpoint_every_steps)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  total = num_train_steps(config, segment)
   start = int(state.step)
-  batches = flax.jax_utils.prefetch_to_device(
-    input_pipeline.train_iterator(meta, config, start), config.prefetch, axis_name=AXIS
+  preempted = []
+  # Read on a thread: waiting for input never blocks the main thread, so SIGTERM is honoured there too.
+  inputs = background.BackgroundIterator(
+    input_pipeline.train_iterator(meta, config, position=(segment.epoch, segment.examples)),
+    config.prefetch,
+    should_stop=lambda: bool(preempted),
   )
-  p_step = parallelize(step_fn(config, spe), config.parallel)
+  batches = flax.jax_utils.prefetch_to_device(inputs, config.prefetch, axis_name=AXIS)
+  p_step = parallelize(step_fn(config, spe, step_offset=segment.step_offset), config.parallel)
   generator, _ = models.build_models(config, train=False)
   generate = inference.generate_fn(generator)  # eval mode, running BatchNorm averages
 
-  preempted = []
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=config.log_every_steps)
   counter = CompileCounter()
@@ -146,7 +196,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   try:
     step = start
     for step in range(start + 1, total + 1):
-      batch = next(batches)
+      try:
+        batch = next(batches)
+      except background.Interrupted:  # SIGTERM while waiting for input
+        step -= 1
+        if step > (start if last_saved is None else last_saved):
+          check(pending, step)
+          pending = []
+          checkpoint.save(mngr, unreplicate(pstate), position(step), force=True)
+          last_saved = step
+        logging.warning("SIGTERM while waiting for input: saved step %d, exiting", step)
+        break
       counter.active = True
       pstate, step_metrics = p_step(pstate, batch, step_rng)
       counter.active = False
@@ -180,6 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         break
   finally:
     signal.signal(signal.SIGTERM, previous)
+    inputs.close()
     mngr.wait_until_finished()
     writer.flush()
 
@@ -232,6 +293,8 @@ def mask_iou_of_test_split(generate, state: TrainState, meta: input_pipeline.Dat
     {"mask_iou", "mask_iou_all_ones"}: the generator's, and an all-ones
     mask's (the baseline a mask network must beat); NaN on an empty split.
   """
+  if meta.num_test == 0:  # preprocessed with --test-count 0: nothing to evaluate on
+    return {"mask_iou": float("nan"), "mask_iou_all_ones": float("nan")}
   variables = _sampling_variables(state)
   ious, ones = [], []
   limit = config.eval_batches * config.batch_size

@@ -14,6 +14,7 @@ Modules:
   run        the job: worker pool, progress bar, shard assembly, preview PNGs.
 
 Output directory: `train-XXXXX-of-YYYYY.tfrecord`, `test-...` (records as
-defined by `keypatch_jax.features`), `dataset_info.json`, `_chunks/` (per-shard
-stats and the option fingerprint used to resume) and `preview/` (--preview).
+defined by `keypatch_jax.features`), `dataset_info.json`, `rejects.jsonl`
+(every rejected item by id, path and reason), `_chunks/` (per-shard stats and
+the option fingerprint used to resume) and `preview/` (--preview).
 """

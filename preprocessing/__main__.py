@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
   a("--merge", action="store_true", help="after all --num-tasks tasks: check their shards, write dataset_info.json")
   a("--preview", type=int, default=0, help="write K preview PNGs with boxes to OUTPUT/preview")
   a("--seed", type=int, default=0, help="seed of the synthetic source")
+  a("--tfds-data-dir", default=None, help="tfds source: TFDS data directory (default: TFDS's, $TFDS_DATA_DIR)")
   a("--quiet", action="store_true", help="no progress bar")
   return p
 
@@ -191,7 +193,28 @@ def content_options(args: argparse.Namespace) -> dict:
   if args.boxes is None:
     for k in ("boxes", "boxes_scale", "boxes_row"):
       options.pop(k)
+  if not args.source.startswith("tfds:") or args.tfds_data_dir is None:
+    options.pop("tfds_data_dir")
   return options
+
+
+def command_line(options: dict) -> str:
+  """The one-task command that writes (or completes) the dataset of `options`, with absolute local paths."""
+
+  def absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+  args = ["python", "-m", "preprocessing"]
+  for key, value in options.items():
+    if value is None or value is False or key in run.TASK_OPTIONS:
+      continue
+    if key in ("output", "boxes", "sed_model"):
+      value = absolute(value)
+    elif key == "source" and value.startswith("folder:"):
+      value = "folder:" + absolute(value[len("folder:") :])
+    flag = "--" + key.replace("_", "-")
+    args += [flag] if value is True else [flag, str(value)]
+  return shlex.join(args)
 
 
 def _check_sed_model(path: str) -> str | None:
@@ -212,16 +235,19 @@ def _preprocess(argv: Sequence[str] | None) -> int:
     msg = _check_sed_model(args.sed_model)
   if msg:
     raise errors.UsageError(msg)
-  source = sources.open_source(args.source, num_images=args.num_images, seed=args.seed)
+  source = sources.open_source(
+    args.source, num_images=args.num_images, seed=args.seed, tfds_data_dir=args.tfds_data_dir
+  )
   if args.test_count >= len(source.ids):
-    raise errors.UsageError(f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source images")
+    raise errors.UsageError(f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source items")
   boxes = None
   if args.boxes:
     loaded = boxes_file.load(args.boxes)
     boxes = boxes_file.assign(loaded, source.ids, args.num_patches, args.boxes_row, args.boxes_scale)
   step = run.merge if args.merge else run.run
   try:
-    info = step(content_options(args), source, make_settings(args), boxes)
+    options = content_options(args)
+    info = step(options, source, make_settings(args), boxes, command=command_line(options))
   except BrokenProcessPool as e:
     print(f"{PROG}: error: a worker process died ({e}); rerun to resume", file=sys.stderr)
     return 1
@@ -237,8 +263,14 @@ def _preprocess(argv: Sequence[str] | None) -> int:
       f"when all tasks are done: the same command with --merge instead of --task-index"
     )
     return 0
+  listed = f", listed in {os.path.join(args.output, info['rejects_file'])}" if rejected else ""
+  if c["train"] + c["test"] == 0:
+    raise errors.UserError(
+      f"--source {args.source}: no item decoded as a usable image ({rejected} rejected: {info['rejects']}{listed})"
+    )
   print(
-    f"wrote {c['train']} train + {c['test']} test examples to {args.output} ({rejected} rejected: {info['rejects']})"
+    f"wrote {c['train']} train + {c['test']} test examples to {args.output} "
+    f"({rejected} rejected: {info['rejects']}{listed})"
   )
   return 0
 

@@ -1,13 +1,19 @@
 """Decoding untrusted image files to 8-bit RGB, with a reason when that fails.
 
-Every failure is a `Reject` carrying one of the `REASONS`, never an exception
-that could stop a run.
+A file is an image if it decodes, whatever its name: OpenCV first, then Pillow
+(GIF, TGA, ICO, ... and anything else either library reads). Every failure is a
+`Reject` carrying one of the `REASONS`, never an exception that could stop a
+run.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import stat
 import struct
+import warnings
 
 # OpenCV reads this limit once, at its first decode: set it before importing cv2.
 MAX_PIXELS = 50_000_000
@@ -20,10 +26,11 @@ MIN_SIDE = 32
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 REASONS = (
-  "read_error",  # the file could not be read
-  "not_an_image",  # no known image signature (e.g. a text file named .jpg)
-  "truncated",  # a JPEG without its end marker
-  "decode_error",  # a known format that OpenCV cannot decode
+  "read_error",  # the file could not be read (permissions, a broken link, an unlistable directory)
+  "not_a_file",  # a directory, FIFO, socket or device where a file was expected
+  "not_an_image",  # neither OpenCV nor Pillow decodes it, and no known image signature
+  "truncated",  # a JPEG whose data ends before its end-of-image marker
+  "decode_error",  # a known image signature that neither OpenCV nor Pillow decodes
   "too_large",  # more than MAX_PIXELS and not reducible while decoding
   "too_small",  # shorter side < MIN_SIDE pixels
   "too_few_boxes",  # fewer than N boxes survive the filters (or in the --boxes file's row)
@@ -85,6 +92,46 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
   return None
 
 
+# A JPEG marker in entropy-coded data: 0xFF followed by neither a stuffed 0x00,
+# a restart marker (0xD0-0xD7) nor a fill byte (0xFF).
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+
+
+def jpeg_end(data: bytes) -> int | None:
+  """Offset just past a JPEG's end-of-image marker (0xFFD9), or None when the data ends first.
+
+  Walks the segments by their lengths and the entropy-coded scans to their
+  next marker, so an end marker inside a header (an EXIF thumbnail) is not
+  taken for the end, and bytes after the real end (phones append a video to
+  "motion photos") do not make a complete JPEG look truncated.
+  """
+  i, n = 2, len(data)
+  while i + 2 <= n:
+    if data[i] != 0xFF:  # junk between segments: resynchronise on the next marker
+      m = _JPEG_MARKER.search(data, i)
+      if m is None:
+        return None
+      i = m.start()
+    marker = data[i + 1]
+    if marker == 0xD9:
+      return i + 2
+    if marker == 0xFF:  # fill byte
+      i += 1
+      continue
+    if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+      i += 2
+      continue
+    if i + 4 > n:
+      return None
+    i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+      m = _JPEG_MARKER.search(data, i)
+      if m is None:
+        return None
+      i = m.start()
+  return None
+
+
 def to_rgb8(image: np.ndarray) -> np.ndarray:
   """Converts a decoded OpenCV image (BGR/BGRA/gray, 8/16-bit or float) to uint8 RGB [H, W, 3]."""
   if image.dtype == np.uint16:
@@ -101,23 +148,47 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """Decodes image file bytes to uint8 RGB [H, W, 3].
+def _pillow_decode(data: bytes, max_pixels: int) -> np.ndarray | None:
+  """Pillow's decoding of `data` (first frame) as uint8 RGB [H, W, 3], or None if Pillow cannot read it.
 
-  Grayscale, 16-bit, palette and alpha images are converted (alpha is dropped;
-  EXIF orientation is applied). JPEGs over `max_pixels` are decoded at a
-  reduced scale (1/2, 1/4 or 1/8); other formats over it are rejected.
+  Raises:
+    Reject: 'too_large' when the image has more than `max_pixels` pixels.
+  """
+  from PIL import Image, ImageOps
+
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the outcome is what counts
+      with Image.open(io.BytesIO(data)) as im:
+        if im.width * im.height > max_pixels:
+          raise Reject("too_large")
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit gray: keep the top 8 bits of 16
+          return to_rgb8(np.asarray(im).astype(np.uint16))
+        return np.ascontiguousarray(np.asarray(im.convert("RGB"), np.uint8))
+  except Reject:
+    raise
+  except Exception:  # noqa: BLE001 - untrusted bytes: any failure means "Pillow cannot read it"
+    return None
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """Decodes image file bytes to uint8 RGB [H, W, 3], whatever the format.
+
+  OpenCV decodes first; what it cannot read (GIF on some builds, TGA, ICO,
+  ...) goes to Pillow (first frame). Grayscale, 16-bit, palette and alpha
+  images are converted (alpha is dropped; EXIF orientation is applied). JPEGs
+  over `max_pixels` are decoded at a reduced scale (1/2, 1/4 or 1/8); other
+  images over it are rejected. Bytes after a JPEG's end marker are ignored.
 
   Raises:
     Reject: with the reason (see `REASONS`).
   """
   fmt = sniff_format(data)
-  if fmt is None:
-    raise Reject("not_an_image")
-  if fmt == "jpeg" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+  if fmt == "jpeg" and jpeg_end(data) is None:
     raise Reject("truncated")
   flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
-  size = header_size(data, fmt)
+  size = header_size(data, fmt) if fmt else None
   if size is not None and size[0] * size[1] > max_pixels:
     factor = next((f for f in (2, 4, 8) if size[0] * size[1] / (f * f) <= max_pixels), None)
     if fmt != "jpeg" or factor is None:
@@ -128,14 +199,17 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   except cv2.error:
     image = None
   if image is None or image.size == 0:
-    raise Reject("decode_error")
+    image = _pillow_decode(data, max_pixels)
+    if image is None or image.size == 0:
+      raise Reject("not_an_image" if fmt is None else "decode_error")
+    return image
   if image.shape[0] * image.shape[1] > max_pixels:
     raise Reject("too_large")
   return to_rgb8(image)
 
 
 def read_image_file(path: str) -> np.ndarray:
-  """Reads and decodes an image file (local path or any `tf.io.gfile` URL).
+  """Reads and decodes an image file (local path or any `tf.io.gfile` URL); only regular files are opened.
 
   Raises:
     Reject: with the reason (see `REASONS`).
@@ -147,6 +221,8 @@ def read_image_file(path: str) -> np.ndarray:
       with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read(MAX_FILE_BYTES + 1)
     else:
+      if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO would block forever
+        raise Reject("not_a_file")
       with open(path, "rb") as f:
         data = f.read(MAX_FILE_BYTES + 1)
   except OSError:

@@ -25,7 +25,7 @@ PREVIEW_DIR = "preview"
 # How the job is split; the same dataset results for any value (not recorded, not checked).
 TASK_OPTIONS = ("num_tasks", "task_index", "merge")
 # Options that do not change the dataset's content (left out of the resume check).
-NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet", *TASK_OPTIONS)
+NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet", "tfds_data_dir", *TASK_OPTIONS)
 CHUNK = 4  # items per task sent to a worker
 IN_FLIGHT_PER_WORKER = 8  # queued tasks per worker
 
@@ -133,13 +133,14 @@ def write_shards(
     buf = buffers[shard.name]
     buf.append(res)
     if len(buf) == len(shard.indices):
-      records, rejects = [], {}
+      records, rejected = [], []
       for r in sorted(buf, key=lambda r: r.index):
         if r.reason is None:
           records.append(features.encode_example(r.image, r.boxes, source.ids[r.index], r.label))
         else:
-          rejects[r.reason] = rejects.get(r.reason, 0) + 1
-      writer.write_shard(out_dir, shard, records, rejects)
+          path = source.location(r.index) if source.root else None
+          rejected.append({"id": source.ids[r.index], "path": path, "reason": r.reason})
+      writer.write_shard(out_dir, shard, records, rejected)
       del buffers[shard.name]
 
 
@@ -155,7 +156,9 @@ def _task(options: dict[str, Any]) -> tuple[int, int]:
   return options.get("num_tasks", 1), options.get("task_index") or 0
 
 
-def run(options: Job, source: sources.Source, settings: worker.Settings, boxes: Assignment = None) -> dict[str, Any]:
+def run(
+  options: Job, source: sources.Source, settings: worker.Settings, boxes: Assignment = None, command: str | None = None
+) -> dict[str, Any]:
   """Writes the dataset for `options` (the parsed CLI options) into `options['output']`.
 
   With `num_tasks` K > 1, writes only task `task_index`'s shards (see
@@ -166,6 +169,8 @@ def run(options: Job, source: sources.Source, settings: worker.Settings, boxes: 
     source: the opened source.
     settings: the workers' settings.
     boxes: boxes from a `--boxes` file (per source index), or None to detect.
+    command: the one-task CLI line that writes this dataset, recorded in
+      `dataset_info.json` (readers quote it when a shard must be rebuilt).
 
   Returns:
     the dataset_info dict that was written (one task), or for task I of K
@@ -198,10 +203,12 @@ def run(options: Job, source: sources.Source, settings: worker.Settings, boxes: 
       "counts": counts,
       "rejects": rejects,
     }
-  return _write_info(options, source, settings, boxes, shards)
+  return _write_info(options, source, settings, boxes, shards, command)
 
 
-def merge(options: Job, source: sources.Source, settings: worker.Settings, boxes: Assignment = None) -> dict[str, Any]:
+def merge(
+  options: Job, source: sources.Source, settings: worker.Settings, boxes: Assignment = None, command: str | None = None
+) -> dict[str, Any]:
   """Writes `dataset_info.json` (and the preview) once all `num_tasks` tasks have written their shards.
 
   Same arguments as `run`, which every task ran with the same options.
@@ -223,7 +230,7 @@ def merge(options: Job, source: sources.Source, settings: worker.Settings, boxes
       f"--merge: {len(missing)} of {len(shards)} shards missing in {out_dir} (e.g. {missing[0].name}); "
       f"run --num-tasks {num_tasks} --task-index {' / '.join(map(str, tasks))} to finish them first"
     )
-  return _write_info(options, source, settings, boxes, shards)
+  return _write_info(options, source, settings, boxes, shards, command)
 
 
 def _write_info(
@@ -232,6 +239,7 @@ def _write_info(
   settings: worker.Settings,
   boxes: boxes_file.Assignment | None,
   shards: list[writer.Shard],
+  command: str | None = None,
 ) -> dict[str, Any]:
   out_dir = options["output"]
   recorded = {k: v for k, v in options.items() if k not in ("output", *TASK_OPTIONS)}
@@ -244,6 +252,7 @@ def _write_info(
     "num_source_images": len(source.ids),
     "edge_method": "boxes_file" if boxes is not None else "structured" if settings.sed_model else "gradient",
     "box_format": "xywh_pixels",
+    "command": command,
   }
   if boxes is not None:
     info["boxes_file"] = boxes.info

@@ -7,6 +7,11 @@ decoding runs in parallel.
 
 Labels: synthetic images carry their hair-colour class (4 classes); TFDS
 sources use their `label` feature when present; folder images get -1.
+
+Ids are text. A folder id is the file's path relative to the folder, with
+`/` separators; a name that is not valid UTF-8 keeps its bytes as
+surrogate escapes (`os.fsdecode`), so `features.id_bytes` gives back the exact
+file-system bytes: stable and unique like the path itself.
 """
 
 from __future__ import annotations
@@ -20,8 +25,6 @@ import numpy as np
 
 from keypatch_jax import errors
 from preprocessing import images, synthetic
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # (index, id, ref): ref is ("file", path) | ("synthetic", seed) | ("array", image, label).
 Item = tuple[int, str, tuple[Any, ...]]
@@ -41,12 +44,18 @@ class Source:
     num_labels: number of classes (0 when unlabelled).
     items: `items(wanted)` yields the items whose index is in the set `wanted`,
       in index order.
+    root: the folder of a `folder:` source (ids are paths relative to it), else None.
   """
 
   spec: str
   ids: Sequence[str]
   num_labels: int
   items: Callable[[set[int]], Iterator[Item]]
+  root: str | None = None
+
+  def location(self, index: int) -> str:
+    """Where item `index` comes from: its file path for a folder source, else its id."""
+    return os.path.join(self.root, self.ids[index]) if self.root else self.ids[index]
 
 
 def load_item(item: Item) -> tuple[np.ndarray, int]:
@@ -78,25 +87,56 @@ def array_to_rgb8(image: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(image[..., :3])
 
 
+def list_files(path: str) -> list[str]:
+  """Every file under `path`, recursively, as sorted `/`-separated relative paths.
+
+  Whatever the name: whether a file is an image is decided by decoding it.
+  Symbolic links to folders are followed, each real folder once (a link back
+  to an ancestor, or a second link to the same folder, is not walked again),
+  so cyclic links cannot loop. A sub-folder that cannot be listed is returned
+  as an entry of its own, so it is counted (as a `read_error` reject) rather
+  than skipped without a word.
+  """
+  rel: list[str] = []
+
+  def unlistable(error: OSError) -> None:
+    if error.filename and os.path.realpath(error.filename) != os.path.realpath(path):
+      rel.append(_relative(error.filename, path))
+
+  seen = {os.path.realpath(path)}
+  for top, dirs, files in os.walk(path, followlinks=True, onerror=unlistable):
+    walk = []
+    for d in sorted(dirs):
+      real = os.path.realpath(os.path.join(top, d))
+      if real not in seen:
+        seen.add(real)
+        walk.append(d)
+    dirs[:] = walk
+    rel.extend(_relative(os.path.join(top, name), path) for name in files)
+  return sorted(rel)
+
+
+def _relative(file: str, root: str) -> str:
+  return os.path.relpath(file, root).replace(os.sep, "/")
+
+
 def folder_source(spec: str, path: str) -> Source:
-  """All files with an image extension under `path`, recursively, sorted by relative path."""
+  """Every file under `path` (see `list_files`), sorted by relative path."""
   if not os.path.isdir(path):
     raise SourceError(f"--source {spec}: no such directory")
-  rel: list[str] = []
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    for name in files:
-      if name.lower().endswith(IMAGE_EXTENSIONS):
-        rel.append(os.path.relpath(os.path.join(root, name), path).replace(os.sep, "/"))
-  rel.sort()
+  try:
+    os.listdir(path)
+  except OSError as e:
+    raise SourceError(f"--source {spec}: cannot list the directory ({e.strerror})") from None
+  rel = list_files(path)
   if not rel:
-    raise SourceError(f"--source {spec}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    raise SourceError(f"--source {spec}: the folder holds no files")
 
   def items(wanted: set[int]) -> Iterator[Item]:
     for i in sorted(wanted):
       yield i, rel[i], ("file", os.path.join(path, rel[i]))
 
-  return Source(spec, rel, 0, items)
+  return Source(spec, rel, 0, items, root=path)
 
 
 def synthetic_source(spec: str, num_images: int, seed: int) -> Source:
@@ -112,17 +152,19 @@ def synthetic_source(spec: str, num_images: int, seed: int) -> Source:
   return Source(spec, ids, synthetic.NUM_LABELS, items)
 
 
-def tfds_source(spec: str, name: str, split: str) -> Source:
+def tfds_source(spec: str, name: str, split: str, data_dir: str | None = None) -> Source:
   """A TFDS dataset split, read in its canonical order (`shuffle_files=False`).
 
-  Ids are `NAME/SPLIT/INDEX`. Decoded images travel to the workers as arrays.
+  `tfds.load` prepares a dataset that is not in `data_dir` yet (download and
+  build), as a user's `tfds.load` would. Ids are `NAME/SPLIT/INDEX`. Decoded
+  images travel to the workers as arrays.
   """
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
   tf.config.set_visible_devices([], "GPU")
   try:
-    ds, info = tfds.load(name, split=split, shuffle_files=False, with_info=True)
+    ds, info = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False, with_info=True)
   except Exception as e:  # noqa: BLE001 - any TFDS failure is one line for the user
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise SourceError(f"--source {spec}: {msg}") from None
@@ -148,7 +190,7 @@ def tfds_source(spec: str, name: str, split: str) -> Source:
   return Source(spec, ids, num_labels, items)
 
 
-def open_source(spec: str, *, num_images: int, seed: int) -> Source:
+def open_source(spec: str, *, num_images: int, seed: int, tfds_data_dir: str | None = None) -> Source:
   """Parses `--source` and opens it. Raises `SourceError` with a one-line message."""
   if spec == "synthetic":
     return synthetic_source(spec, num_images, seed)
@@ -157,5 +199,5 @@ def open_source(spec: str, *, num_images: int, seed: int) -> Source:
     return folder_source(spec, rest)
   if kind == "tfds" and rest:
     name, _, split = rest.partition(":")
-    return tfds_source(spec, name, split or "train")
+    return tfds_source(spec, name, split or "train", tfds_data_dir)
   raise SourceError(f"--source {spec}: expected folder:PATH, tfds:NAME[:split] or synthetic")

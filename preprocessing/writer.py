@@ -6,10 +6,13 @@ are cut into fixed `shard_size` chunks, one shard per chunk, so the `-of-N`
 totals are known before any detection. A shard holds the accepted examples of
 its chunk in source order.
 
-Atomicity: a shard is written to `.tmp.NAME`, its stats to `_chunks/NAME.json`
-(temp + rename), then the shard is renamed to `NAME`. A shard whose file and
-stats exist is finished and skipped on a rerun; leftover temp files are
-deleted. `dataset_info.json` is written last, from the stats of all shards.
+Atomicity: a shard is written to `.tmp.NAME`, its stats (record count, byte
+size, rejected items) to `_chunks/NAME.json` (temp + rename), then the shard is
+renamed to `NAME`. A shard whose stats exist and whose file has the recorded
+size is finished and skipped on a rerun; a missing, truncated or emptied one is
+written again; leftover temp files are deleted. `dataset_info.json` and
+`rejects.jsonl` (every rejected item: id, path, reason) are written last, from
+the stats of all shards.
 
 Tasks (`--num-tasks K --task-index I`): task I writes every K-th shard of the
 plan starting at I, into the same output directory; each removes only its own
@@ -31,6 +34,7 @@ from keypatch_jax import errors, features
 
 STATS_DIR = "_chunks"
 RUN_FILE = "run.json"
+REJECTS_FILE = "rejects.jsonl"  # one JSON object per rejected item: {"id", "path", "reason"}
 TMP_PREFIX = ".tmp."
 SPLITS = ("train", "test")
 
@@ -50,7 +54,7 @@ class Shard:
 
 def id_hash(example_id: str) -> str:
   """sha1 hex of an id (the split key)."""
-  return hashlib.sha1(example_id.encode("utf-8")).hexdigest()
+  return hashlib.sha1(features.id_bytes(example_id)).hexdigest()
 
 
 def test_indices(ids: Sequence[str], test_count: int) -> set[int]:
@@ -82,13 +86,18 @@ def _gfile():
   return tf.io.gfile
 
 
-def write_json_atomic(path: str, obj: Any, tag: str = "") -> None:
-  """Writes JSON to `path` via a temp file (its name + `tag`) and a rename (local or gs://)."""
+def write_text_atomic(path: str, text: str, tag: str = "") -> None:
+  """Writes `text` to `path` via a temp file (its name + `tag`) and a rename (local or gs://)."""
   gfile = _gfile()
   tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path) + tag)
   with gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    f.write(text)
   gfile.rename(tmp, path, overwrite=True)
+
+
+def write_json_atomic(path: str, obj: Any, tag: str = "") -> None:
+  """Writes JSON to `path` via a temp file (its name + `tag`) and a rename (local or gs://)."""
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", tag)
 
 
 def read_json(path: str) -> Any:
@@ -137,11 +146,13 @@ def prepare_output(
 
 
 def is_done(out_dir: str, shard: Shard) -> bool:
-  """Whether `shard` was finished by an earlier run."""
+  """Whether `shard` was finished by an earlier run and its file is intact (the recorded size)."""
   gfile = _gfile()
-  return gfile.exists(os.path.join(out_dir, shard.name)) and gfile.exists(
-    os.path.join(out_dir, STATS_DIR, shard.name + ".json")
-  )
+  path, stats_path = os.path.join(out_dir, shard.name), os.path.join(out_dir, STATS_DIR, shard.name + ".json")
+  if not (gfile.exists(path) and gfile.exists(stats_path)):
+    return False
+  expected = read_json(stats_path).get("bytes")
+  return expected is None or gfile.stat(path).length == expected
 
 
 def missing_shards(out_dir: str, shards: Sequence[Shard]) -> list[Shard]:
@@ -158,15 +169,30 @@ def task_shards(shards: Sequence[Shard], num_tasks: int, task_index: int) -> lis
   return [s for k, s in enumerate(shards) if k % num_tasks == task_index]
 
 
-def write_shard(out_dir: str, shard: Shard, records: Sequence[bytes], rejects: dict[str, int]) -> None:
-  """Writes serialised examples and the shard's stats, atomically."""
+def write_shard(out_dir: str, shard: Shard, records: Sequence[bytes], rejected: Sequence[dict[str, Any]] = ()) -> None:
+  """Writes serialised examples and the shard's stats, atomically.
+
+  Args:
+    out_dir: the output directory.
+    shard: the shard.
+    records: serialised examples, in order.
+    rejected: one dict per rejected item of the shard: {"id", "path", "reason"}.
+  """
   import tensorflow as tf
 
   tmp = os.path.join(out_dir, TMP_PREFIX + shard.name)
   with tf.io.TFRecordWriter(tmp) as w:
     for r in records:
       w.write(r)  # features.encode_example serialises deterministically
-  stats = {"count": len(records), "rejects": dict(sorted(rejects.items()))}
+  rejects: dict[str, int] = {}
+  for r in rejected:
+    rejects[r["reason"]] = rejects.get(r["reason"], 0) + 1
+  stats = {
+    "count": len(records),
+    "bytes": tf.io.gfile.stat(tmp).length,
+    "rejects": dict(sorted(rejects.items())),
+    "rejected": list(rejected),
+  }
   write_json_atomic(os.path.join(out_dir, STATS_DIR, shard.name + ".json"), stats)
   tf.io.gfile.rename(tmp, os.path.join(out_dir, shard.name), overwrite=True)
 
@@ -184,15 +210,29 @@ def collect_stats(out_dir: str, shards: Sequence[Shard]) -> tuple[dict[str, int]
 
 
 def write_info(out_dir: str, shards: Sequence[Shard], info: dict[str, Any]) -> dict[str, Any]:
-  """Writes `dataset_info.json` from `info` plus counts, rejects and shard lists."""
+  """Writes `rejects.jsonl`, then `dataset_info.json` from `info` plus the shards' stats.
+
+  Added keys: counts (accepted examples per split), rejects (count per
+  reason), rejects_file, shards (file names per split) and shard_files
+  ({name: {"records", "bytes"}}, which the readers check the files against).
+  """
   counts, rejects = collect_stats(out_dir, shards)
+  rejected: list[dict[str, Any]] = []
+  shard_files = {}
+  for shard in shards:
+    stats = read_json(os.path.join(out_dir, STATS_DIR, shard.name + ".json"))
+    rejected.extend(stats.get("rejected", ()))
+    shard_files[shard.name] = {"records": stats["count"], "bytes": stats.get("bytes")}
+  write_text_atomic(os.path.join(out_dir, REJECTS_FILE), "".join(json.dumps(r) + "\n" for r in rejected))
   info = dict(info)
   info.update(
     format=features.FORMAT_NAME,
     version=features.FORMAT_VERSION,
     counts=counts,
     rejects=rejects,
+    rejects_file=REJECTS_FILE,
     shards={s: [sh.name for sh in shards if sh.split == s] for s in SPLITS},
+    shard_files=shard_files,
   )
   write_json_atomic(os.path.join(out_dir, features.INFO_FILE), info)
   return info

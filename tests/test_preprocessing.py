@@ -221,8 +221,8 @@ def _write_bad_folder(root: Path) -> dict[str, int]:
   cv2.imwrite(str(root / "tiny.png"), np.zeros((20, 40, 3), np.uint8))
   cv2.imwrite(str(root / "flat.bmp"), np.full((100, 100, 3), 128, np.uint8))
   (root / "palette.png").write_bytes(_palette_png(96, 96))
-  (root / "notes.txt").write_text("ignored: not an image extension")
-  return {"truncated": 1, "not_an_image": 1, "decode_error": 1, "too_small": 1}
+  (root / "notes.txt").write_text("counted: a file that does not decode")
+  return {"truncated": 1, "not_an_image": 2, "decode_error": 1, "too_small": 1}
 
 
 def _read_split(out: Path, split: str) -> list[dict]:
@@ -249,7 +249,13 @@ def test_folder_with_bad_inputs_never_stops_and_counts_reasons(tmp_path):
   assert set(rejects) <= set(expected) | {"too_few_boxes"}
   assert 1 <= rejects["too_few_boxes"] <= 2
   total = info["counts"]["train"] + info["counts"]["test"] + sum(rejects.values())
-  assert total == 16 and info["num_source_images"] == 16
+  assert total == 17 and info["num_source_images"] == 17
+  # Every reject is listed by path and reason beside dataset_info.json.
+  listed = [json.loads(line) for line in (out / info["rejects_file"]).read_text().splitlines()]
+  assert len(listed) == sum(rejects.values())
+  by_id = {r["id"]: r for r in listed}
+  assert by_id["notes.txt"]["reason"] == "not_an_image" and by_id["truncated.jpg"]["reason"] == "truncated"
+  assert by_id["text.jpg"]["path"] == str(src / "text.jpg") and by_id["tiny.png"]["reason"] == "too_small"
   assert info["counts"]["train"] + info["counts"]["test"] >= 10  # faces, gray, deep, alpha, big
   ids = {e["id"].decode() for s in ("train", "test") for e in _read_split(out, s)}
   assert {"gray.png", "deep.png", "alpha.png", "big.jpg", "sub/face0.png"} <= ids
@@ -379,10 +385,20 @@ def test_cli_bad_option_is_one_line(tmp_path, args, option):
 @pytest.mark.slow
 def test_cli_empty_folder(tmp_path):
   (tmp_path / "empty").mkdir()
-  (tmp_path / "empty" / "readme.txt").write_text("no images")
   r = _cli("--source", f"folder:{tmp_path / 'empty'}", "--output", str(tmp_path / "out"))
   assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-  assert "--source" in r.stderr and "no image files" in r.stderr
+  assert "--source" in r.stderr and "no files" in r.stderr
+
+
+def test_cli_folder_without_images(tmp_path):
+  """Files that all fail to decode: one line naming the source and where the rejects are listed."""
+  (tmp_path / "docs").mkdir()
+  (tmp_path / "docs" / "readme.txt").write_text("no images")
+  out = tmp_path / "out"
+  r = _cli("--source", f"folder:{tmp_path / 'docs'}", "--output", str(out), "--test-count", "0", "--quiet")
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 1 and lines[-1].startswith("preprocessing: error: --source"), r.stderr
+  assert "no item decoded" in lines[-1] and str(out / "rejects.jsonl") in lines[-1]
 
 
 # ---------------------------------------------------------------- resume

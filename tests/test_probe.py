@@ -26,15 +26,17 @@ def _unlabelled_copy(tiny_data: str, path) -> str:
   """The tiny dataset with every `label` rewritten to -1."""
   os.makedirs(path)
   info = features.read_dataset_info(tiny_data)
-  with open(os.path.join(path, features.INFO_FILE), "w") as f:
-    json.dump(info, f)
   n, s = info["num_patches"], info["image_size"]
   for split in ("train", "test"):
     for name in features.split_files(tiny_data, split):
-      with tf.io.TFRecordWriter(os.path.join(path, os.path.basename(name))) as writer:
+      copy = os.path.join(path, os.path.basename(name))
+      with tf.io.TFRecordWriter(copy) as writer:
         for record in tf.data.TFRecordDataset(name):
           ex = features.parse_example(record, n, s)
           writer.write(features.encode_example(ex["image"].numpy(), ex["boxes"].numpy(), "x", label=-1))
+      info["shard_files"][os.path.basename(name)]["bytes"] = os.path.getsize(copy)  # rewritten: a new size
+  with open(os.path.join(path, features.INFO_FILE), "w") as f:
+    json.dump(info, f)
   return str(path)
 
 

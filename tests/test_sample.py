@@ -112,8 +112,23 @@ BAD_INPUTS = {
   "--num-patches vs boxes": lambda w, d, t: (["--workdir", w, "--data", d, "--num-patches", "2"], "--num-patches"),
   "other format": lambda w, d, t: (["--workdir", w, "--data", str(t)], "not a preprocessed dataset"),
   "unreadable patch": lambda w, d, t: (["--workdir", w, "--patches", _bad_patch_dir(t)], "cannot read patch image"),
-  "empty patch dir": lambda w, d, t: (["--workdir", w, "--patches", str(t)], "no image files"),
+  "empty patch dir": lambda w, d, t: (["--workdir", w, "--patches", str(t)], "holds no files"),
+  "empty test split": lambda w, d, t: (["--workdir", w, "--data", _empty_test_copy(d, t)], "test split is empty"),
 }
+
+
+def _empty_test_copy(tiny_data: str, tmp_path) -> str:
+  """The tiny dataset whose test shard holds no records (every test image was rejected)."""
+  data = _dataset_copy(tiny_data, tmp_path)
+  with open(os.path.join(data, "dataset_info.json")) as f:
+    info = json.load(f)
+  for name in info["shards"]["test"]:
+    open(os.path.join(data, name), "wb").close()
+    info["shard_files"][name] = {"records": 0, "bytes": 0}
+  info["counts"]["test"] = 0
+  with open(os.path.join(data, "dataset_info.json"), "w") as f:
+    json.dump(info, f)
+  return data
 
 
 def _no_checkpoints(workdir: str, tmp_path) -> str:

@@ -253,15 +253,18 @@ def test_nan_in_loop_stops_with_message_and_keeps_last_checkpoint(tiny_data, tmp
 
 
 def test_resume_checks_the_checkpoint_meta(caplog):
-  """A checkpoint for another S or N is a one-line CheckpointError; another data position only a warning."""
+  """A checkpoint for another S or N is a one-line CheckpointError; another data_dir only a warning."""
   saved = {"step": 4, "image_size": 16, "num_patches": 3, "steps_per_epoch": 10, "data_dir": "a"}
   checkpoint.check_resumable(saved, dict(saved), "w")
   for key, value in (("image_size", 32), ("num_patches", 4)):
     with pytest.raises(checkpoint.CheckpointError, match=f"{key} {saved[key]} but the config has {value}"):
       checkpoint.check_resumable(saved, {**saved, key: value}, "w")
   with caplog.at_level("WARNING"):
-    checkpoint.check_resumable(saved, {**saved, "steps_per_epoch": 5}, "w")
-  assert "steps_per_epoch" in caplog.text
+    checkpoint.check_resumable(saved, {**saved, "steps_per_epoch": 5}, "w")  # a new batch size continues the epoch
+  assert "steps_per_epoch" not in caplog.text
+  with caplog.at_level("WARNING"):
+    checkpoint.check_resumable(saved, {**saved, "data_dir": "b"}, "w")
+  assert "data_dir" in caplog.text
 
 
 def test_compile_counter_registers_one_listener(monkeypatch):
