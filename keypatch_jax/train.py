@@ -21,7 +21,17 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from keypatch_jax import checkpoint, errors, inference, input_pipeline, losses, metrics, models, visualize
+from keypatch_jax import (
+  checkpoint,
+  errors,
+  inference,
+  input_pipeline,
+  losses,
+  metrics,
+  models,
+  periodic_eval,
+  visualize,
+)
 from keypatch_jax.state import TrainState, create_train_state
 from keypatch_jax.step import AXIS, parallelize, replicate, step_fn, unreplicate
 from keypatch_jax.validation import num_train_steps, validate_config
@@ -74,11 +84,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains from `config.data_dir` into `workdir`, resuming from its latest checkpoint.
 
   Returns:
-    a summary: final step, steps/s, images/s, traces and compiles, final test mask IoU.
+    a summary: final step, steps/s and images/s (training time only), traces and compiles, the
+    evaluations' seconds and share of the run's wall time, final test mask IoU.
 
   Raises:
     validation.ConfigError, input_pipeline.DataConfigError, features.DatasetFormatError,
-    checkpoint.CheckpointError: bad input, before training starts (one line).
+    checkpoint.CheckpointError, inception.WeightsError: bad input, before training starts (one line).
     NonFiniteLossError: a loss became NaN/inf (names the step and the last good checkpoint).
   """
   validate_config(config)
@@ -86,6 +97,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   input_pipeline.host_batch_size(config.batch_size)
   spe = input_pipeline.steps_per_epoch(meta, config.batch_size)
   total = num_train_steps(config, spe)
+  generator, _ = models.build_models(config, train=False)
+  generate = inference.generate_fn(generator)  # eval mode, running BatchNorm averages
+  # Reads config.inception_weights: a bad path fails here, not mid-run.
+  evaluator = periodic_eval.PeriodicEvaluator(config, meta, generate, log=logging.info)
 
   def position(step: int) -> dict[str, Any]:
     """The checkpoint's `meta` item: the data position of `step` and what it depends on."""
@@ -116,8 +131,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     input_pipeline.train_iterator(meta, config, start), config.prefetch, axis_name=AXIS
   )
   p_step = parallelize(step_fn(config, spe), config.parallel)
-  generator, _ = models.build_models(config, train=False)
-  generate = inference.generate_fn(generator)  # eval mode, running BatchNorm averages
 
   preempted = []
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
@@ -126,6 +139,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   pstate, pending, last_saved, t0 = replicate(state), [], None, None
   grid_batch = None
   log_from = [start, 0.0]  # (step, time) of the previous log line, for images/s
+  run_start = time.perf_counter()
 
   def check(pending_metrics, step):
     """Fetches pending step metrics; raises on a non-finite loss."""
@@ -175,6 +189,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         pending = []
         checkpoint.save(mngr, unreplicate(pstate), position(step), force=last)
         last_saved = step
+      if not stop and evaluator.due(step, time.perf_counter() - run_start):
+        before = evaluator.seconds
+        variables = _sampling_variables(unreplicate(pstate))
+        scores = evaluator(variables, time.perf_counter() - run_start, should_stop=lambda: bool(preempted))
+        if scores is not None:
+          writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
+          logging.info("eval at step %d: %s", step, scores)
+        log_from[1] += evaluator.seconds - before  # images/s counts training time only
       if stop:
         logging.warning("SIGTERM: saved step %d, exiting", step)
         break
@@ -183,7 +205,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     mngr.wait_until_finished()
     writer.flush()
 
-  elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
+  wall = time.perf_counter() - run_start
+  elapsed = time.perf_counter() - t0 - evaluator.seconds if t0 is not None else 0.0  # training only
   timed = step - t0_step if t0 is not None else 0
   if preempted:  # leave within the preemption grace period
     iou = {"mask_iou": float("nan"), "mask_iou_all_ones": float("nan")}
@@ -198,6 +221,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     "traces": counter.traces,
     "compiles": counter.compiles,
     "compile_s": counter.seconds,
+    "eval_s": evaluator.seconds,
+    "eval_share": evaluator.seconds / wall if wall > 0 else 0.0,
     **iou,
   }
   writer.write_scalars(step, {f"final/{k}": v for k, v in iou.items()})
@@ -205,7 +230,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   logging.info("Done: %s", summary)
   print(
     f"final test mask IoU {iou['mask_iou']:.3f} (all-ones mask: {iou['mask_iou_all_ones']:.3f})"
-    f", {summary['steps_per_s']:.2f} steps/s, {summary['images_per_s']:.1f} images/s",
+    f", {summary['steps_per_s']:.2f} steps/s, {summary['images_per_s']:.1f} images/s"
+    f"; evaluations {summary['eval_s']:.1f} s = {summary['eval_share']:.1%} of the run",
     flush=True,
   )
   return summary
