@@ -4,10 +4,15 @@ tiny trained workdir (both built once per test process)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# TensorFlow (the input pipeline) and triton in one process segfault when triton loads, and the
+# CUDA build of torch that the FID/KID reference tests use imports triton through torchvision
+# (torch._dynamo). Those tests run torch on the CPU and need no triton: keep it from loading.
+sys.modules.setdefault("triton", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TINY_IMAGES = 96
