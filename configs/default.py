@@ -66,5 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_every_steps = 1000  # Image grids to TensorBoard (and the end of training).
   config.checkpoint_every_steps = 1000  # Async Orbax checkpoint.
   config.max_to_keep = 3  # Checkpoints kept.
-  config.eval_batches = 2  # Test batches for the mask IoU reported at the end.
+  config.eval_batches = 2  # Test batches for the periodic evaluations and the final mask IoU.
+  config.eval_every_steps = 1000  # Evaluate the EMA generator on the test split (TensorBoard eval/*); 0: never.
+  config.eval_max_share = 0.1  # Skip a due evaluation while evaluations took more than this share of the run.
+  config.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: adds eval/kid (README).
+  config.kid_subsets = 100  # KID: mean/std over this many subsets of min(1000, images) images.
   return config

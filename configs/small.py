@@ -17,13 +17,13 @@ from configs import default
 FIELDS = (
   "image_size", "model.conv_dim", "model.embed_dim", "model.z_dim", "batch_size", "num_epochs", "num_train_steps",
   "shuffle_buffer", "prefetch", "log_every_steps", "image_every_steps", "checkpoint_every_steps", "eval_batches",
-  "ema_decay",
+  "eval_every_steps", "ema_decay",
 )  # fmt: skip
 # fmt: off
 CONFIGS = {
-  #        S   conv embed  z  batch epochs steps shuffle prefetch log image ckpt eval  ema
-  "demo": (32,  16,  64,  32,  32,    8,    -1,   512,     2,    20, 200,  200,  4,  0.99),
-  "tiny": (16,   8,  16,   8,   8,    2,     4,    64,     1,     2,   4,    2,  1,  0.9),
+  #        S   conv embed  z  batch epochs steps shuffle prefetch log image ckpt eval every  ema
+  "demo": (32,  16,  64,  32,  32,    8,    -1,   512,     2,    20, 200,  200,  4,  200,  0.99),
+  "tiny": (16,   8,  16,   8,   8,    2,     4,    64,     1,     2,   4,    2,  1,    2,  0.9),
 }
 # fmt: on
 

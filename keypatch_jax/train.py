@@ -31,6 +31,7 @@ from keypatch_jax import (
   losses,
   metrics,
   models,
+  periodic_eval,
   resume,
   visualize,
 )
@@ -86,11 +87,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains from `config.data_dir` into `workdir`, resuming from its latest checkpoint.
 
   Returns:
-    a summary: final step, steps/s, images/s, traces and compiles, final test mask IoU.
+    a summary: final step, steps/s and images/s (training time only), traces and compiles, the
+    evaluations' seconds and share of the run's wall time, final test mask IoU.
 
   Raises:
     validation.ConfigError, input_pipeline.DataConfigError, features.DatasetFormatError,
-    checkpoint.CheckpointError: bad input, before training starts (one line).
+    checkpoint.CheckpointError, inception.WeightsError: bad input, before training starts (one line).
     NonFiniteLossError: a loss became NaN/inf (names the step and the last good checkpoint).
   """
   validate_config(config)
@@ -110,6 +112,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     old_config = checkpoint.read_config(workdir)
     resume.check_config_change(old_config, config, workdir)
   segment = resume.Segment.start(0, 0, 0, meta.num_train, config.batch_size)
+  generator, _ = models.build_models(config, train=False)
+  generate = inference.generate_fn(generator)  # eval mode, running BatchNorm averages
+  # Reads config.inception_weights: a bad path fails here, before anything is written.
+  evaluator = periodic_eval.PeriodicEvaluator(config, meta, generate, log=logging.info)
 
   def position(step: int) -> dict[str, Any]:
     """The checkpoint's `meta` item: the data position of `step` and what it depends on."""
@@ -167,8 +173,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   )
   batches = flax.jax_utils.prefetch_to_device(inputs, config.prefetch, axis_name=AXIS)
   p_step = parallelize(step_fn(config, spe, step_offset=segment.step_offset), config.parallel)
-  generator, _ = models.build_models(config, train=False)
-  generate = inference.generate_fn(generator)  # eval mode, running BatchNorm averages
 
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=config.log_every_steps)
@@ -176,6 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   pstate, pending, last_saved, t0 = replicate(state), [], None, None
   grid_batch = None
   log_from = [start, 0.0]  # (step, time) of the previous log line, for images/s
+  run_start = time.perf_counter()
 
   def check(pending_metrics, step):
     """Fetches pending step metrics; raises on a non-finite loss."""
@@ -235,6 +240,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         pending = []
         checkpoint.save(mngr, unreplicate(pstate), position(step), force=last)
         last_saved = step
+      if not stop and evaluator.due(step, time.perf_counter() - run_start):
+        before = evaluator.seconds
+        variables = _sampling_variables(unreplicate(pstate))
+        scores = evaluator(variables, time.perf_counter() - run_start, should_stop=lambda: bool(preempted))
+        if scores is not None:
+          writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
+          logging.info("eval at step %d: %s", step, scores)
+        log_from[1] += evaluator.seconds - before  # images/s counts training time only
       if stop:
         logging.warning("SIGTERM: saved step %d, exiting", step)
         break
@@ -244,7 +257,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     mngr.wait_until_finished()
     writer.flush()
 
-  elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
+  wall = time.perf_counter() - run_start
+  elapsed = time.perf_counter() - t0 - evaluator.seconds if t0 is not None else 0.0  # training only
   timed = step - t0_step if t0 is not None else 0
   if preempted:  # leave within the preemption grace period
     iou = {"mask_iou": float("nan"), "mask_iou_all_ones": float("nan")}
@@ -259,6 +273,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     "traces": counter.traces,
     "compiles": counter.compiles,
     "compile_s": counter.seconds,
+    "eval_s": evaluator.seconds,
+    "eval_share": evaluator.seconds / wall if wall > 0 else 0.0,
     **iou,
   }
   writer.write_scalars(step, {f"final/{k}": v for k, v in iou.items()})
@@ -266,7 +282,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   logging.info("Done: %s", summary)
   print(
     f"final test mask IoU {iou['mask_iou']:.3f} (all-ones mask: {iou['mask_iou_all_ones']:.3f})"
-    f", {summary['steps_per_s']:.2f} steps/s, {summary['images_per_s']:.1f} images/s",
+    f", {summary['steps_per_s']:.2f} steps/s, {summary['images_per_s']:.1f} images/s"
+    f"; evaluations {summary['eval_s']:.1f} s = {summary['eval_share']:.1%} of the run",
     flush=True,
   )
   return summary

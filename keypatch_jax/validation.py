@@ -63,6 +63,9 @@ def validate_config(config) -> None:
       config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
       "log_every_steps and checkpoint_every_steps must be > 0",
     ),
+    (config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0: no evaluation during training)"),
+    (0.0 < config.eval_max_share <= 1.0, "eval_max_share must be in (0, 1]"),
+    (config.kid_subsets >= 1, "kid_subsets must be >= 1"),
   ]
   for ok, message in checks:
     if not ok:

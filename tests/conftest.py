@@ -4,10 +4,15 @@ tiny trained workdir (both built once per test process)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# TensorFlow (the input pipeline) and triton in one process segfault when triton loads, and the
+# CUDA build of torch that the FID/KID reference tests use imports triton through torchvision
+# (torch._dynamo). Those tests run torch on the CPU and need no triton: keep it from loading.
+sys.modules.setdefault("triton", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TINY_IMAGES = 96
@@ -78,3 +83,28 @@ def trained_workdir(tiny_data, tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp("tiny_work"))
   train.train_and_evaluate(tiny_config(tiny_data), workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> str:
+  """An .npz of random FID Inception weights with pytorch-fid's state_dict keys (nothing downloaded).
+
+  Kernels ~ N(0, 2 / fan_in), BatchNorm identity: activations stay O(1).
+  """
+  import jax
+  import numpy as np
+
+  from keypatch_jax import inception
+
+  rng = np.random.default_rng(0)
+  shapes = inception.variable_shapes()
+
+  def leaf(path, x):
+    name = path[-1].key
+    if name == "kernel":
+      return rng.normal(0.0, np.sqrt(2.0 / np.prod(x.shape[:-1])), x.shape).astype(np.float32)
+    return np.full(x.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+  path = tmp_path_factory.mktemp("inception") / "random_inception.npz"
+  np.savez(path, **inception.to_state_dict(jax.tree_util.tree_map_with_path(leaf, shapes)))
+  return str(path)

@@ -92,3 +92,40 @@ def test_corrupt_shard_is_one_line_error_naming_it(trained_workdir, tiny_data, t
   assert len(err) == 1 and err[0].startswith("keypatch_jax.evaluate: error: "), err
   assert shard in err[0] and "rerun" in err[0]
   assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_fid_and_kid_per_mode(trained_workdir, tiny_data, inception_weights, tmp_path, capsys):
+  """--inception adds FID/KID for key, random, combine and noisy; the real features are cached beside the data."""
+  from keypatch_jax import fid, input_pipeline
+
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  argv = ["--workdir", trained_workdir, "--data", str(data), "--limit", "4", "--batch-size", "4"]
+  assert evaluate.main([*argv, "--inception", inception_weights, "--kid-subsets", "5"]) == 0
+  captured = capsys.readouterr()
+  result = json.loads(captured.out.strip().splitlines()[-1])
+  for prefix in ("", "random_", "combine_", "noisy_"):
+    assert np.isfinite(result[prefix + "fid"]) and result[prefix + "fid"] >= 0.0
+    assert np.isfinite(result[prefix + "kid"]) and result[prefix + "kid_std"] >= 0.0
+    assert result[prefix + "fid_num_images"] == 4
+  assert "combine_mask_iou" not in result  # no real image to compare a combination with
+  table = captured.out.split("{")[0]
+  assert "combine" in table.splitlines()[0] and any(line.startswith("kid ") for line in table.splitlines())
+  assert "cached real-image Inception features" in captured.err
+  # A second evaluation reads the cache: computing the real features again would fail here.
+  meta = input_pipeline.load_meta(str(data))
+
+  def no_extract(_):
+    raise AssertionError("recomputed")
+
+  cached = fid.real_features(meta, no_extract, inception_weights, limit=4, batch_size=4)
+  assert cached.shape == (4, 2048)
+
+
+def test_evaluate_without_the_inception_file_says_where_to_get_it(trained_workdir, tiny_data, tmp_path, capsys):
+  argv = ["--workdir", trained_workdir, "--data", tiny_data, "--inception", str(tmp_path / "missing.pth")]
+  assert evaluate.main(argv) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "pt_inception-2015-12-05-6726825d.pth" in err[0]
+  assert "https://github.com/mseitzer/pytorch-fid/releases" in err[0]
