@@ -37,7 +37,7 @@ PREFIXES = {"key": "", "random": "random_", "combine": "combine_", "noisy": "noi
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = inference.argument_parser(
-    PROG, __doc__, data_help="preprocessed dataset; its test split is evaluated", generation=True
+    PROG, __doc__, data_help="preprocessed dataset; its test split is evaluated", generation=True, data_required=True
   )
   p.add_argument("--output", default=None, help="JSON file to write (default: print only)")
   p.add_argument("--limit", type=int, default=None, help="evaluate at most this many test images")

@@ -27,7 +27,7 @@ PROG = "keypatch_jax.sample"
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = inference.argument_parser(
-    PROG, __doc__, data_help="preprocessed dataset; its test split is sampled", generation=True
+    PROG, __doc__, data_help="preprocessed dataset; its test split is sampled", generation=True, data_required=False
   )
   p.add_argument("--output", required=True, help="PNG file to write")
   p.add_argument("--mode", choices=patches.MODES, default="key", help="which patches to use")
