@@ -25,11 +25,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from keypatch_jax import errors, models
+from keypatch_jax import errors, models, preflight
 from keypatch_jax.state import TrainState, create_train_state
 
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = preflight.CHECKPOINT_DIR
+CONFIG_FILE = preflight.CONFIG_FILE
 
 
 ITEMS = ("generator", "rest", "meta")
@@ -243,7 +243,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
   path = os.path.join(workdir, CONFIG_FILE)
   if not tf.io.gfile.exists(path):
-    raise CheckpointError(f"{path!r} not found: {workdir!r} is not a training workdir")
+    raise CheckpointError(preflight.not_a_workdir(workdir))
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
       config = ml_collections.ConfigDict(json.loads(f.read()))

@@ -3,9 +3,12 @@
   python -m keypatch_jax.demo --workdir demo_work
 
 Writes `WORKDIR/data` (TFRecords + previews), `WORKDIR/train` (checkpoints,
-TensorBoard logs), `WORKDIR/samples.png` (patches | mask | generated | real)
-and `WORKDIR/metrics.json`. Every stage resumes: rerunning after an
-interruption continues where it stopped. It is the same as running
+TensorBoard logs), `WORKDIR/samples.png` (a labelled grid: patches | mask |
+generated | real) and `WORKDIR/metrics.json`, shows a progress line while it
+trains, and ends with the test metrics next to their patch-blind baselines.
+Every stage resumes: rerunning after an interruption continues where it
+stopped; data made with other options (another --num-images) is an error,
+never silently reused. It is the same as running
 
   python -m preprocessing --source synthetic --num-images 2000 --image-size 32 \
       --preview 8 --output WORKDIR/data
@@ -17,26 +20,57 @@ interruption continues where it stopped. It is the same as running
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
 
-from keypatch_jax import cli
+from keypatch_jax import cli, errors
 
 PROG = "keypatch_jax.demo"
+SOURCE = "synthetic"
+
+
+class DemoError(errors.UserError):
+  """The workdir holds something the demo cannot reuse (one-line message)."""
+
+
+def existing_data(data: str, num_images: int, image_size: int) -> dict | None:
+  """The `dataset_info.json` of a finished earlier run in `data`, or None when there is none.
+
+  Raises:
+    DemoError: it was written for other options (another --num-images): a rerun
+      must not silently train and evaluate on the old data.
+  """
+  from keypatch_jax import features
+
+  path = os.path.join(data, features.INFO_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    info = json.load(f)
+  had = {"source": info.get("source"), "num_images": info.get("options", {}).get("num_images")}
+  had["image_size"] = info.get("image_size")
+  want = {"source": SOURCE, "num_images": num_images, "image_size": image_size}
+  if had != want:
+    diff = ", ".join(f"{k} {had[k]} (now {want[k]})" for k in want if had[k] != want[k])
+    raise DemoError(
+      f"{data} was preprocessed with other options: {diff}; rerun with those options, "
+      f"or use another --workdir, or delete {os.path.dirname(data) or data}"
+    )
+  return info
 
 
 def _demo(argv: Sequence[str] | None) -> int:
-  parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(prog=PROG, description=__doc__)
   parser.add_argument("--workdir", default="demo_work", help="where everything is written")
   parser.add_argument("--num-images", type=int, default=2000, help="synthetic images to generate")
   parser.add_argument("--epochs", type=int, default=None, help="override configs/demo.py's num_epochs")
   args = parser.parse_args(argv)
+  if args.num_images < 2:
+    parser.error(f"--num-images {args.num_images}: must be >= 2 (a train and a test image)")
 
-  # Imported here, not at the top, so that `--help` answers without importing JAX and TensorFlow.
   from configs import demo
-  from keypatch_jax import evaluate, features, sample, train
-  from preprocessing.__main__ import main as preprocess
 
   data, work = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "train")
   config = demo.get_config()
@@ -44,21 +78,18 @@ def _demo(argv: Sequence[str] | None) -> int:
   if args.epochs is not None:
     config.num_epochs = args.epochs
   start = time.perf_counter()
-  print(f"[demo 1/4] preprocessing {args.num_images} synthetic images -> {data}", flush=True)
-  if not os.path.exists(os.path.join(data, features.INFO_FILE)):
-    argv_pre = [
-      "--source",
-      "synthetic",
-      "--num-images",
-      str(args.num_images),
-      "--image-size",
-      str(config.image_size),
-      "--preview",
-      "8",
-      "--output",
-      data,
-    ]
-    if preprocess(argv_pre) != 0:
+  info = existing_data(data, args.num_images, config.image_size)  # before anything slow
+  # Imported here, not at the top, so that `--help` and the checks above answer without JAX and TensorFlow.
+  from keypatch_jax import evaluate, sample, train
+  from preprocessing.__main__ import main as preprocess
+
+  if info is not None:
+    c = info["counts"]
+    print(f"[demo 1/4] using the {c['train']} train + {c['test']} test images already in {data}", flush=True)
+  else:
+    print(f"[demo 1/4] preprocessing {args.num_images} synthetic images -> {data}", flush=True)
+    argv_pre = ["--source", SOURCE, "--num-images", str(args.num_images), "--image-size", str(config.image_size)]
+    if preprocess([*argv_pre, "--preview", "8", "--output", data]) != 0:
       return 1
   print(f"[demo 2/4] training configs/demo.py -> {work}", flush=True)
   summary = train.train_and_evaluate(config, work)
@@ -69,17 +100,25 @@ def _demo(argv: Sequence[str] | None) -> int:
   print(f"[demo 4/4] evaluating -> {metrics}", flush=True)
   if evaluate.main(["--workdir", work, "--data", data, "--output", metrics]) != 0:
     return 1
-  print(
-    f"demo done in {time.perf_counter() - start:.0f} s: {summary['step']} steps at "
-    f"{summary['steps_per_s']:.2f} steps/s; test mask IoU {summary['mask_iou']:.3f} "
-    f"(an all-ones mask scores {summary['mask_iou_all_ones']:.3f}); see {samples} and "
-    f"`tensorboard --logdir {work}`",
-    flush=True,
-  )
+  print(summary_line(summary, metrics, time.perf_counter() - start, samples, work), flush=True)
   return 0
 
 
-main, run = cli.command(PROG, _demo, quiet=False)  # the demo shows the loop's log lines
+def summary_line(summary: dict, metrics_path: str, seconds: float, samples: str, work: str) -> str:
+  """The demo's last line: the headline metrics next to their patch-blind baselines."""
+  with open(metrics_path) as f:
+    m = json.load(f)
+  rate = summary["steps_per_s"]
+  trained = f"{rate:.2f} steps/s" if rate == rate else "trained earlier"
+  return (
+    f"demo done in {seconds:.0f} s: {summary['step']} steps ({trained}); on the test split, mask IoU "
+    f"{m['mask_iou']:.3f} vs {m['blind_mask_iou']:.3f} for a patch-blind mean mask, image PSNR "
+    f"{m['image_psnr']:.1f} dB vs {m['blind_image_psnr']:.1f} dB for the train split's mean image; "
+    f"see {samples}, {metrics_path} and `tensorboard --logdir {work}`"
+  )
+
+
+main, run = cli.command(PROG, _demo)
 
 if __name__ == "__main__":
   run()

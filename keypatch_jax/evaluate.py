@@ -1,22 +1,18 @@
-"""Evaluate a trained KeyPatchGAN on the test split (docs/design.md §6), as flat JSON and a table.
+"""Evaluate a trained KeyPatchGAN on the test split (docs/design.md §6): a table, and JSON with definitions.
 
   python -m keypatch_jax.evaluate --workdir WORK --data DATA --output metrics.json \
       [--step S] [--limit K] [--noise SIGMA] [--seed 0] [--raw] [--batch-stats] \
       [--inception pt_inception-2015-12-05-6726825d.pth [--kid-subsets 100 --kid-subset-size 1000]]
 
-Metrics (means over the test images unless noted):
-  mask_iou, mask_l1           predicted mask (> 0.5 for IoU) vs the true box union
-  masked_l1, masked_psnr      generated vs real image inside the true mask
-  image_l1, image_psnr        the whole image
-  order_consistency           max |difference| of the generated images over all
-                              patch orders (max over images; 0 = invariant)
-  random_*, noisy_*           the same from random boxes / noisy key patches
-  d_real_score, d_fake_score  mean sigmoid of the discriminator on real / generated
-  num_images, step
-With --inception (pytorch-fid's weights file), per patch mode key, random,
-combine (each patch from another test image) and noisy, against the same test images:
-  fid, kid, kid_std           FID; KID (unbiased) mean and std over subsets (README "FID and KID")
-  fid_num_images              generated images per mode (combine skips batches smaller than N)
+Every image metric is computed from the test image's own key patches (`key`),
+from patches cut at random boxes (`random_*`), from noisy key patches
+(`noisy_*`), and for a patch-blind baseline that ignores the patches
+(`blind_*`: the train split's mean mask and mean image, `baselines.py`), so the
+table shows what the model adds. With --inception (pytorch-fid's weights
+file), FID and KID per patch mode (also `combine_*`: each patch from another
+test image) against the same test images (README "FID and KID").
+`DEFINITIONS` below says what each figure means; `--help`, the printed table
+and the JSON's "descriptions" block all come from it.
 """
 
 from __future__ import annotations
@@ -25,24 +21,73 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from keypatch_jax import checkpoint, cli, fid, inception, inference, input_pipeline, patches
+from keypatch_jax import cli, preflight
 
 PROG = "keypatch_jax.evaluate"
 PREFIXES = {"key": "", "random": "random_", "combine": "combine_", "noisy": "noisy_"}
+BLIND = "blind_"  # the patch-blind baseline's prefix
+BASELINE_IMAGES = 2048  # train images averaged into the baseline (the mean of more barely moves)
+
+# What each figure means: the single source of --help, the table and the JSON's "descriptions".
+DEFINITIONS = {
+  "mask_iou": "IoU of the predicted mask (> 0.5) with the union of the true boxes; 1 is perfect",
+  "mask_l1": "mean |predicted mask - true box union| over all pixels; 0 is perfect",
+  "masked_l1": "mean |generated - real| inside the true box union, images in [-1, 1]; 0 is perfect",
+  "masked_psnr": "PSNR in dB of generated vs real inside the true box union (peak-to-peak 2); higher is closer",
+  "image_l1": "mean |generated - real| over the whole image; 0 is perfect",
+  "image_psnr": "PSNR in dB of generated vs real over the whole image; higher is closer",
+  "fid": "Frechet Inception distance of the generated images to the test images (with --inception); 0 is equal",
+  "kid": "kernel Inception distance, unbiased, mean over subsets (with --inception); 0 is equal",
+  "kid_std": "standard deviation of kid over the subsets",
+  "fid_num_images": "generated images in fid/kid (combine skips batches smaller than N)",
+  "order_consistency": "max |difference| of the images generated from every order of the same key patches; "
+  "0 is order invariant",
+  "d_real_score": "mean sigmoid of the discriminator on the real test images (1 = judged real)",
+  "d_fake_score": "mean sigmoid of the discriminator on the images generated from the key patches",
+  "num_images": "test images evaluated",
+  "baseline_images": "train images averaged into the patch-blind baseline",
+  "step": "checkpoint step evaluated",
+}
+COLUMNS = {
+  "key": "the test image's own key patches (no prefix)",
+  "random": "patches cut at random boxes of the dataset's size range; the true mask is their union (random_*)",
+  "combine": "each patch from a different test image; FID/KID only (combine_*)",
+  "noisy": "the key patches plus Gaussian noise of sigma --noise (noisy_*)",
+  "blind": "patch-blind baseline, whatever the patches: the train split's mean box-union mask and mean image, "
+  "scored like the model (blind_*); the model should beat it",
+}
+
+
+def describe(name: str) -> str:
+  """The definition of a (possibly prefixed) figure name ('' when unknown)."""
+  for column, prefix in (*((c, p) for c, p in PREFIXES.items() if p), ("blind", BLIND)):
+    if name.startswith(prefix) and name[len(prefix) :] in DEFINITIONS:
+      return f"{DEFINITIONS[name[len(prefix) :]]} [{column}: {COLUMNS[column].split(' (')[0]}]"
+  return DEFINITIONS.get(name, "")
+
+
+def help_epilog() -> str:
+  """The metric and column definitions, for `--help`."""
+  width = max(map(len, (*DEFINITIONS, *COLUMNS))) + 2
+  lines = ["metrics (means over the test images):"]
+  lines += [f"  {name:<{width}}{text}" for name, text in DEFINITIONS.items()]
+  lines += ["", "columns of the table (prefixes in the JSON):"]
+  lines += [f"  {name:<{width}}{text}" for name, text in COLUMNS.items()]
+  return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = inference.argument_parser(
-    PROG, __doc__, data_help="preprocessed dataset; its test split is evaluated", generation=True, data_required=True
+  p = cli.run_parser(
+    PROG, __doc__, data_help="preprocessed dataset; its test split is evaluated", data_required=True, generation=True
   )
+  p.epilog = help_epilog()
   p.add_argument("--output", default=None, help="JSON file to write (default: print only)")
   p.add_argument("--limit", type=int, default=None, help="evaluate at most this many test images")
   p.add_argument("--batch-size", type=int, default=64, help="images per jitted call")
-  p.add_argument("--inception", default=None, help=f"pytorch-fid's {inception.WEIGHTS_FILE}: adds FID and KID")
+  p.add_argument("--baseline-images", type=int, default=BASELINE_IMAGES, help="train images averaged for blind_*")
+  p.add_argument("--inception", default=None, help="pytorch-fid's Inception-v3 weights (.pth): adds FID and KID")
   p.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
   p.add_argument("--kid-subset-size", type=int, default=1000, help="KID: images per subset (at most the images)")
   return p.parse_args(argv)
@@ -54,6 +99,10 @@ def discriminator_fn(workdir: str, step: int):
   Eval mode; each kind uses its own running statistics (real: row 0, the
   generated image: the row of "G"), as in training.
   """
+  import jax
+
+  from keypatch_jax import checkpoint
+
   try:
     discriminator, variables, config, _ = checkpoint.restore_discriminator(workdir, step)
   except checkpoint.CheckpointError as e:
@@ -69,13 +118,19 @@ def discriminator_fn(workdir: str, step: int):
   return jax.jit(lambda real, fake: (score(real, 0), score(fake, g_row)))
 
 
-def evaluate(run: inference.Run, args: argparse.Namespace, extract=None) -> dict[str, float]:
-  """All metrics of the module docstring on (up to `args.limit` images of) the test split.
+def evaluate(run, args: argparse.Namespace, extract=None) -> dict[str, float]:
+  """All figures of `DEFINITIONS` on (up to `args.limit` images of) the test split, with the blind_* baseline.
 
-  `extract` is `inception.feature_fn(weights of args.inception)` or None (no FID/KID).
+  `run` is an `inference.Run`; `extract` is `inception.feature_fn(weights of
+  args.inception)` or None (no FID/KID).
   """
+  import jax.numpy as jnp
+
+  from keypatch_jax import baselines, inference, input_pipeline, losses, patches
+
   generate = inference.generate_fn(run.generator, batch_stats=args.batch_stats)
   score = discriminator_fn(args.workdir, run.step) if run.config.loss.adversarial else None
+  means = baselines.train_means(run.meta, args.baseline_images)
   z_dim = run.config.model.z_dim
   per_image: dict[str, list[np.ndarray]] = {}
   features: dict[str, list[np.ndarray]] = {mode: [] for mode in PREFIXES}
@@ -104,6 +159,8 @@ def evaluate(run: inference.Run, args: argparse.Namespace, extract=None) -> dict
         add(prefix + name, values)
       if mode != "key":
         continue
+      for name, values in baselines.blind_metrics(means, real, losses.mask_from_boxes(boxes, real.shape[1])).items():
+        add(BLIND + name, values)
       for order in patches.permutations(sets.shape[1])[1:]:
         _, permuted = generate(run.variables, sets[:, list(order)], z)
         consistency.append(float(jnp.abs(permuted - image).max()))
@@ -116,6 +173,7 @@ def evaluate(run: inference.Run, args: argparse.Namespace, extract=None) -> dict
   out = {name: float(np.concatenate(v).mean()) for name, v in per_image.items()}
   out["order_consistency"] = max(consistency)
   out["num_images"] = int(np.concatenate(per_image["mask_iou"]).size)
+  out["baseline_images"] = means.num_images
   out["step"] = int(run.step)
   if extract is not None:
     out.update(distribution_scores(run.meta, extract, features, args))
@@ -124,6 +182,8 @@ def evaluate(run: inference.Run, args: argparse.Namespace, extract=None) -> dict
 
 def distribution_scores(meta, extract, features: dict[str, list[np.ndarray]], args: argparse.Namespace) -> dict:
   """{prefix + 'fid' | 'kid' | 'kid_std' | 'fid_num_images'} per mode against the test images' (cached) features."""
+  from keypatch_jax import fid
+
   real = fid.real_features(
     meta, extract, args.inception, limit=args.limit, batch_size=args.batch_size, log=lambda m: print(m, file=sys.stderr)
   )
@@ -139,31 +199,45 @@ def distribution_scores(meta, extract, features: dict[str, list[np.ndarray]], ar
 
 
 def format_table(result: dict[str, float]) -> str:
-  """Rows `metric | key | random | combine | noisy`, then the remaining scalars."""
+  """The per-mode figures as rows `metric | key | random | combine | noisy | blind` (a column only when
+  present), the column legend, then the other figures with their definitions."""
   names = metrics_names(result)
-  lines = [f"{'metric':<14}" + "".join(f"{mode:>10}" for mode in PREFIXES)]
+  columns = {c: p for c, p in {**PREFIXES, "blind": BLIND}.items() if any(p + n in result for n in names)}
+  lines = [f"{'metric':<16}" + "".join(f"{c:>10}" for c in columns)]
   for name in names:
-    row = [result.get(p + name) for p in PREFIXES.values()]
-    lines.append(f"{name:<14}" + "".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in row))
-  prefixed = {p + n for p in PREFIXES.values() for n in names}
-  lines += [f"{k:<24}{v:>10.4g}" for k, v in result.items() if k not in prefixed]
+    row = [result.get(p + name) for p in columns.values()]
+    lines.append(f"{name:<16}" + "".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in row))
+  lines += [f"  {c}: {COLUMNS[c]}" for c in columns]
+  prefixed = {p + n for p in columns.values() for n in names}
+  rest = [k for k in result if k not in prefixed]
+  if rest:
+    lines.append("")
+    lines += [f"{k:<18}{result[k]:>10.4g}  {describe(k)}" for k in rest]
   return "\n".join(lines)
 
 
 def metrics_names(result: dict[str, float]) -> list[str]:
-  """The un-prefixed names of the per-mode metrics present in `result`."""
-  return [k for k in result if any(p and p + k in result for p in PREFIXES.values())]
+  """The un-prefixed names of the per-mode figures present in `result`."""
+  prefixes = [p for p in (*PREFIXES.values(), BLIND) if p]
+  return [k for k in result if any(p + k in result for p in prefixes)]
 
 
 def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
+  if args.output is not None:  # before anything slow
+    preflight.output(args.output, suffixes=(".json",))
+  preflight.workdir(args.workdir)
+  preflight.data(args.data)
+
+  from keypatch_jax import inception, inference
+
   extract = None
   if args.inception is not None:  # checked before the checkpoint is restored
     extract = inception.feature_fn(inception.load_weights(args.inception), batch_size=args.batch_size)
   run = inference.load_run(args.workdir, args.data, step=args.step, ema=not args.raw)
   result = evaluate(run, args, extract)
   print(format_table(result))
-  cli.report_json(result, args.output)
+  cli.report_json(result, args.output, {k: describe(k) for k in result})
   return 0
 
 

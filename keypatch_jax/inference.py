@@ -10,28 +10,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from keypatch_jax import checkpoint, cli, input_pipeline, losses, metrics, models
-
-
-def argument_parser(
-  prog: str, doc: str, *, data_help: str, data_required: bool, generation: bool
-) -> cli.ArgumentParser:
-  """A parser with the options of a command on a trained run: --workdir, --data, --step, --raw.
-
-  With `generation` also --seed, --noise (its help names `--mode noisy` / the
-  noisy_* metrics) and --batch-stats. `data_required` False: the command has
-  another source (sample's --patches).
-  """
-  p = cli.ArgumentParser(prog=prog, description=doc.split("\n")[0])
-  p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
-  p.add_argument("--data", required=data_required, default=None, help=data_help)
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--raw", action="store_true", help="raw generator params instead of the EMA")
-  if generation:
-    p.add_argument("--seed", type=int, default=0, help="seed of z, random boxes and noise")
-    p.add_argument("--noise", type=float, default=0.2, help="Gaussian noise sigma of the noisy patches")
-    p.add_argument("--batch-stats", action="store_true", help="normalise with batch statistics (official code)")
-  return p
+from keypatch_jax import checkpoint, input_pipeline, losses, metrics, models
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 Parses flags, initialises JAX (multi-host when launched as several processes)
 and calls `train.train_and_evaluate`. Overrides: `--config.batch_size=32`.
+`--help` and mistakes in the `--config` flags (`config_args.py`) are answered
+before absl loads the config or JAX is imported. The console shows progress
+lines; `--verbosity=0` adds the libraries' INFO logs (cli.quiet_logs).
 A user error (`errors.UserError`) is one line, `keypatch_jax.main: error: ...`,
 exit status 1; anything else keeps its traceback.
 """
@@ -41,6 +44,7 @@ def _maybe_initialize_distributed() -> None:
 
 
 def _train(argv) -> int:
+  cli.quiet_logs(FLAGS.verbosity if FLAGS["verbosity"].present else None)  # before JAX and TensorFlow load
   # Imported here, not at the top, so that `--help` answers without importing JAX and TensorFlow.
   import jax
 
@@ -92,9 +96,44 @@ def _parse_flags(argv):
     sys.exit(1)
 
 
-def run() -> None:
-  """Console-script entry point (`keypatch-train`)."""
-  app.run(main, flags_parser=_parse_flags)
+def usage() -> str:
+  """`--help`: the flags a run needs and the configs there are (absl's `--helpfull` lists every flag)."""
+  from keypatch_jax import config_args
+
+  configs = "\n".join(f"                          {c}" for c in config_args.available_configs())
+  return f"""usage: {PROG} --config PATH[:NAME] --workdir DIR [--config.FIELD=VALUE ...] [--verbosity N]
+
+Trains KeyPatchGAN on a preprocessed dataset; rerunning the same command resumes.
+
+flags:
+  --config PATH[:NAME]    training config (required); the configs here:
+{configs}
+  --config.FIELD=VALUE    override a field, e.g. --config.data_dir=DATA --config.batch_size=32
+                          (every field is described in configs/default.py)
+  --workdir DIR           checkpoints, TensorBoard logs and config.json (required)
+  --verbosity N           -1 (default): progress lines and warnings; 0: also the libraries' INFO logs;
+                          1: debug
+  --helpfull              every flag absl defines
+"""
+
+
+def run(argv: list[str] | None = None) -> None:
+  """Console-script entry point (`keypatch-train`).
+
+  `--help` and mistakes in the `--config` flags are answered here, in one
+  line and before absl loads the config or JAX and TensorFlow are imported.
+  """
+  from keypatch_jax import config_args
+
+  argv = sys.argv if argv is None else argv
+  if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]):
+    print(usage(), end="")
+    sys.exit(0)
+  message = config_args.problem(argv[1:])
+  if message:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from keypatch_jax import errors, input_pipeline
+from keypatch_jax import errors
 
-MODES = ("key", "random", "combine", "noisy", "permute")
+# The patch modes of `sample --mode` and the evaluation columns, with what each gives the generator.
+MODE_HELP = {
+  "key": "each test image's own key patches (its stored boxes)",
+  "random": "patches cut from the test image at random boxes of the dataset's size range",
+  "combine": "each patch from a different test image (part combination; no real image to compare with)",
+  "noisy": "the key patches plus Gaussian noise of sigma --noise",
+  "permute": "the key patches in every order, one grid per order side by side (identical generated columns "
+  "show the order invariance)",
+}
+MODES = tuple(MODE_HELP)
 
 
 class PatchError(errors.UserError):
@@ -87,6 +96,8 @@ def random_boxes(
 
 def crop(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   """Crops and resizes (bicubic, as training does) each box: [B, S, S, 3], [B, N, 4] -> [B, N, S, S, 3]."""
+  from keypatch_jax import input_pipeline  # TensorFlow: imported when patches are cut, not for --help
+
   s = images.shape[1]
   return np.stack([np.asarray(input_pipeline.crop_patches(im, bx, s)) for im, bx in zip(images, boxes, strict=True)])
 

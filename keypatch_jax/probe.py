@@ -20,20 +20,15 @@ import functools
 import sys
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from keypatch_jax import cli, inference, input_pipeline
+from keypatch_jax import cli, preflight
 
 PROG = "keypatch_jax.probe"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = inference.argument_parser(
-    PROG, __doc__, data_help="preprocessed dataset with labels", generation=False, data_required=True
-  )
+  p = cli.run_parser(PROG, __doc__, data_help="preprocessed dataset with labels", data_required=True, generation=False)
   p.add_argument("--labels", default=None, help="CSV of `id,label` lines overriding the records' labels")
   p.add_argument("--steps", type=int, default=500, help="Adam steps of the linear classifier")
   p.add_argument("--learning-rate", type=float, default=1e-2, help="Adam learning rate")
@@ -54,6 +49,8 @@ def read_labels(path: str) -> dict[bytes, int]:
     DataConfigError: one line naming the file and line of a malformed entry,
       or an id given two different labels.
   """
+  from keypatch_jax import input_pipeline
+
   try:
     with open(path, "rb") as f:
       data = f.read()
@@ -84,8 +81,12 @@ def read_labels(path: str) -> dict[bytes, int]:
   return out
 
 
-def features(run: inference.Run, split: str, limit: int | None, labels: dict[bytes, int] | None):
-  """(embeddings [M, E], summed patch pixels [M, S*S*3], labels [M], ids [M]) of a split."""
+def features(run, split: str, limit: int | None, labels: dict[bytes, int] | None):
+  """(embeddings [M, E], summed patch pixels [M, S*S*3], labels [M], ids [M]) of a split of `run` (an inference.Run)."""
+  import jax
+
+  from keypatch_jax import input_pipeline
+
   encode = jax.jit(
     lambda variables, p: run.generator.apply(variables, p, False, method=run.generator.encode)[-1].reshape(
       p.shape[0], -1
@@ -105,9 +106,8 @@ def features(run: inference.Run, split: str, limit: int | None, labels: dict[byt
   return np.concatenate(emb), np.concatenate(pix), np.concatenate(lab), ids
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
 def fit_linear(x, y, *, num_classes: int, steps: int, learning_rate: float, weight_decay: float):
-  """Softmax regression by full-batch Adam.
+  """Softmax regression by full-batch Adam, jitted (one compile per feature width, classes and steps).
 
   Args:
     x: standardised features [M, F]; y: labels [M] in [0, num_classes).
@@ -115,6 +115,24 @@ def fit_linear(x, y, *, num_classes: int, steps: int, learning_rate: float, weig
   Returns:
     (weights [F, C], bias [C]).
   """
+  return _fit_linear_jit()(
+    x, y, num_classes=num_classes, steps=steps, learning_rate=learning_rate, weight_decay=weight_decay
+  )
+
+
+@functools.cache
+def _fit_linear_jit():
+  """`_fit_linear` under `jax.jit`, made on first use (importing this module does not import JAX)."""
+  import jax
+
+  return jax.jit(_fit_linear, static_argnames=("num_classes", "steps"))
+
+
+def _fit_linear(x, y, *, num_classes: int, steps: int, learning_rate: float, weight_decay: float):
+  import jax
+  import jax.numpy as jnp
+  import optax
+
   params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
   tx = optax.adam(learning_rate)
 
@@ -152,6 +170,13 @@ def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, args) -> 
 
 def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
+  if args.output is not None:  # before anything slow
+    preflight.output(args.output, suffixes=(".json",))
+  preflight.workdir(args.workdir)
+  preflight.data(args.data)
+
+  from keypatch_jax import inference, input_pipeline
+
   run = inference.load_run(args.workdir, args.data, step=args.step, ema=not args.raw)
   labels = read_labels(args.labels) if args.labels else None
   train_e, train_p, train_y, train_ids = features(run, "train", args.limit, labels)

@@ -1,4 +1,4 @@
-"""Sample a trained KeyPatchGAN: one PNG grid, patches | mask | generated | real (docs/design.md §6).
+"""Sample a trained KeyPatchGAN: one labelled PNG grid, patches | mask | generated | real (docs/design.md §6).
 
   python -m keypatch_jax.sample --workdir WORK --data DATA --output grid.png \
       [--step S] [--mode key|random|combine|noisy|permute] [--num K] \
@@ -6,9 +6,10 @@
   python -m keypatch_jax.sample --workdir WORK --patches MY_PATCHES/ --output mine.png
 
 Only the generator is restored (EMA parameters unless --raw); the optimizer
-state is never read. `permute` puts the grid of every patch order side by
-side (identical generated columns show the order invariance); `--patches DIR`
-uses every image file of DIR as one set of N patches, sampled with K noises.
+state is never read. `--patches DIR` uses every image file of DIR as one set
+of N patches (any N), sampled with K noises; --mode is then ignored. The grid
+has a header (the mode or patch order, and a label over each column); small
+images are enlarged so that every cell is at least 128 pixels wide.
 """
 
 from __future__ import annotations
@@ -17,21 +18,31 @@ import argparse
 import os
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
-from keypatch_jax import cli, inference, input_pipeline, patches, visualize
+from keypatch_jax import cli, patches, preflight
 
 PROG = "keypatch_jax.sample"
+MODE_TITLES = {
+  "key": "key patches of test images",
+  "random": "patches cut at random boxes",
+  "noisy": "key patches + Gaussian noise (sigma {noise})",
+  "combine": "each patch from a different test image",
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = inference.argument_parser(
-    PROG, __doc__, data_help="preprocessed dataset; its test split is sampled", generation=True, data_required=False
+  modes = "\n".join(f"  {mode:<9}{text}" for mode, text in patches.MODE_HELP.items())
+  p = cli.run_parser(
+    PROG,
+    __doc__ + "\n--mode (ignored with --patches):\n" + modes,
+    data_help="preprocessed dataset; the first K images of its test split are sampled",
+    data_required=False,
+    generation=True,
   )
-  p.add_argument("--output", required=True, help="PNG file to write")
-  p.add_argument("--mode", choices=patches.MODES, default="key", help="which patches to use")
-  p.add_argument("--num", type=int, default=8, help="K test images (rows)")
+  p.add_argument("--output", required=True, help="image file to write (.png)")
+  p.add_argument("--mode", choices=patches.MODES, default="key", help="which patches (see above; not with --patches)")
+  p.add_argument("--num", type=int, default=8, help="K test images, or K noises for --patches (the grid's rows)")
   p.add_argument("--num-patches", type=int, default=None, help="N (default: the checkpoint's)")
   p.add_argument("--patches", default=None, help="folder of your own patch images (any N) instead of --data")
   args = p.parse_args(argv)
@@ -42,14 +53,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return args
 
 
-def grid_for(run: inference.Run, args: argparse.Namespace) -> np.ndarray:
-  """The uint8 grid [H, W, 3] the arguments ask for."""
+def grid_for(run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
+  """(the labelled uint8 grid [H, W, 3] the arguments ask for (`visualize.make_grid`), its rows)."""
+  from keypatch_jax import inference, input_pipeline, visualize
+
   generate = inference.generate_fn(run.generator, batch_stats=args.batch_stats)
   z_dim = run.config.model.z_dim
   if args.patches is not None:
     sets = np.repeat(patches.load_patch_folder(args.patches, run.config.image_size), args.num, axis=0)
     mask, image = generate(run.variables, sets, inference.noise(args.seed, 0, args.num, z_dim))
-    return visualize.make_grid(sets, _np(mask), np.asarray(image), None)
+    title = f"your patches from {args.patches}, step {run.step}"
+    return visualize.make_grid(sets, _np(mask), np.asarray(image), None, title=title), args.num
   batch = next(input_pipeline.eval_batches(run.meta, "test", batch_size=args.num, limit=args.num), None)
   if batch is None:
     raise input_pipeline.DataConfigError(f"{run.meta.data_dir}: the test split is empty")
@@ -62,8 +76,13 @@ def grid_for(run: inference.Run, args: argparse.Namespace) -> np.ndarray:
   for order in orders:
     permuted = sets[:, list(order)]
     mask, image = generate(run.variables, permuted, z)
-    grids.append(visualize.make_grid(permuted, _np(mask), np.asarray(image), real))
-  return np.concatenate(grids, axis=1)
+    if args.mode == "permute":
+      title = "patch order " + "-".join(str(k + 1) for k in order)
+    else:
+      title = MODE_TITLES[args.mode].format(noise=args.noise)
+    title += f", step {run.step}"
+    grids.append(visualize.make_grid(permuted, _np(mask), np.asarray(image), real, title=title, order=order))
+  return np.concatenate(grids, axis=1), sets.shape[0]
 
 
 def _np(x):
@@ -72,9 +91,20 @@ def _np(x):
 
 def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
+  preflight.output(args.output, suffixes=preflight.IMAGE_SUFFIXES)  # before anything slow
+  preflight.workdir(args.workdir)
+  if args.patches is not None:
+    preflight.patch_folder(args.patches)
+  else:
+    preflight.data(args.data)
+
+  import cv2
+
+  from keypatch_jax import inference
+
   data = None if args.patches is not None else args.data
   run = inference.load_run(args.workdir, data, step=args.step, ema=not args.raw, num_patches=args.num_patches)
-  grid = grid_for(run, args)
+  grid, rows = grid_for(run, args)
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   try:
     written = cv2.imwrite(args.output, grid[..., ::-1])
@@ -83,7 +113,8 @@ def _main(argv: Sequence[str] | None) -> int:
   if not written:
     raise patches.PatchError(f"cannot write {args.output!r} (use a .png name in a writable directory)")
   source = f"patches {args.patches}" if args.patches else f"mode {args.mode}"
-  print(f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}, {source}, step {run.step})")
+  short = f"; the test split has only {rows} images" if rows < args.num else ""
+  print(f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}, {rows} rows{short}, {source}, step {run.step})")
   return 0
 
 

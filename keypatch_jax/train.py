@@ -24,6 +24,7 @@ from clu import metric_writers, periodic_actions
 
 from keypatch_jax import (
   background,
+  baselines,
   checkpoint,
   errors,
   inference,
@@ -32,6 +33,7 @@ from keypatch_jax import (
   metrics,
   models,
   periodic_eval,
+  progress,
   resume,
   visualize,
 )
@@ -164,6 +166,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   total = num_train_steps(config, segment)
   start = int(state.step)
+  console = progress.Progress(total, start, enabled=jax.process_index() == 0)
+  console.begin(f"training {workdir} on {jax.device_count()} {jax.default_backend()} device(s)")
   preempted = []
   # Read on a thread: waiting for input never blocks the main thread, so SIGTERM is honoured there too.
   inputs = background.BackgroundIterator(
@@ -220,6 +224,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         jax.block_until_ready(step_metrics)
         t0, t0_step = time.perf_counter(), step
         log_from[:] = [step, t0]  # rates exclude the compile
+        console.first_step_done(step, t0 - run_start)
         grid_batch = jax.tree.map(lambda x: np.asarray(x[0][:GRID_EXAMPLES]), batch)
       report(step)
       stop = bool(preempted)  # read once: the signal may arrive at any point of this iteration
@@ -232,6 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         log_from[:] = [step, now]
         pending = []
         writer.write_scalars(step, scalars)
+        console.report(step, scalars)
       if step % config.image_every_steps == 0 or (last and not stop):
         grid = _grid(generate, unreplicate(pstate), grid_batch, config.model.z_dim)
         writer.write_images(step, {"samples": grid[None]})
@@ -246,7 +252,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         scores = evaluator(variables, time.perf_counter() - run_start, should_stop=lambda: bool(preempted))
         if scores is not None:
           writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
-          logging.info("eval at step %d: %s", step, scores)
+          console.scores(step, "eval", scores)
         log_from[1] += evaluator.seconds - before  # images/s counts training time only
       if stop:
         logging.warning("SIGTERM: saved step %d, exiting", step)
@@ -261,7 +267,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   elapsed = time.perf_counter() - t0 - evaluator.seconds if t0 is not None else 0.0  # training only
   timed = step - t0_step if t0 is not None else 0
   if preempted:  # leave within the preemption grace period
-    iou = {"mask_iou": float("nan"), "mask_iou_all_ones": float("nan")}
+    iou = {"mask_iou": float("nan"), "mask_iou_blind": float("nan")}
   else:
     iou = mask_iou_of_test_split(generate, unreplicate(pstate), meta, config)
   summary = {
@@ -280,12 +286,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   writer.write_scalars(step, {f"final/{k}": v for k, v in iou.items()})
   writer.flush()
   logging.info("Done: %s", summary)
-  print(
-    f"final test mask IoU {iou['mask_iou']:.3f} (all-ones mask: {iou['mask_iou_all_ones']:.3f})"
-    f", {summary['steps_per_s']:.2f} steps/s, {summary['images_per_s']:.1f} images/s"
-    f"; evaluations {summary['eval_s']:.1f} s = {summary['eval_share']:.1%} of the run",
-    flush=True,
-  )
+  if jax.process_index() == 0 and not preempted:
+    speed = f", {summary['steps_per_s']:.2f} steps/s, {summary['images_per_s']:.1f} images/s" if timed else ""
+    evals = (
+      f"; evaluations {summary['eval_s']:.1f} s = {summary['eval_share']:.1%} of the run" if evaluator.seconds else ""
+    )
+    print(
+      f"step {step}: test mask IoU {iou['mask_iou']:.3f} (patch-blind baseline, the train split's mean mask: "
+      f"{iou['mask_iou_blind']:.3f}){speed}{evals}",
+      flush=True,
+    )
   return summary
 
 
@@ -307,20 +317,23 @@ def mask_iou_of_test_split(generate, state: TrainState, meta: input_pipeline.Dat
   """Mean predicted-mask IoU on (up to `config.eval_batches` batches of) the test split.
 
   Returns:
-    {"mask_iou", "mask_iou_all_ones"}: the generator's, and an all-ones
-    mask's (the baseline a mask network must beat); NaN on an empty split.
+    {"mask_iou", "mask_iou_blind"}: the generator's, and that of the
+    patch-blind baseline a model must beat, the train split's mean box-union
+    mask (`baselines.py`); NaN on an empty split.
   """
-  if meta.num_test == 0:  # preprocessed with --test-count 0: nothing to evaluate on
-    return {"mask_iou": float("nan"), "mask_iou_all_ones": float("nan")}
+  nan = {"mask_iou": float("nan"), "mask_iou_blind": float("nan")}
+  if meta.num_test == 0 or meta.num_train == 0:  # preprocessed with --test-count 0: nothing to evaluate on
+    return nan
   variables = _sampling_variables(state)
-  ious, ones = [], []
+  blind = baselines.train_means(meta).mask[None]
+  ious, blind_ious = [], []
   limit = config.eval_batches * config.batch_size
   for i, batch in enumerate(input_pipeline.eval_batches(meta, "test", config.batch_size, limit=limit)):
     z = models.sample_z(jax.random.key(i), config.model.z_dim, batch["image"].shape[0])
     scores, _ = inference.evaluate_batch(generate, variables, batch["patches"], z, batch["boxes"], batch["image"])
     true = losses.mask_from_boxes(batch["boxes"], config.image_size)
     ious.append(scores["mask_iou"])
-    ones.append(np.asarray(metrics.mask_iou(jnp.ones_like(true), true)))
+    blind_ious.append(np.asarray(metrics.mask_iou(jnp.broadcast_to(blind, true.shape), true)))
   if not ious:
-    return {"mask_iou": float("nan"), "mask_iou_all_ones": float("nan")}
-  return {"mask_iou": float(np.concatenate(ious).mean()), "mask_iou_all_ones": float(np.concatenate(ones).mean())}
+    return nan
+  return {"mask_iou": float(np.concatenate(ious).mean()), "mask_iou_blind": float(np.concatenate(blind_ious).mean())}

@@ -29,6 +29,13 @@ from keypatch_jax import cli, errors
 from preprocessing import boxes_file, detect, images, run, sources, worker
 
 PROG = "preprocessing"
+MAX_TEST_COUNT = 128  # the default test split of a large source
+TEST_FRACTION = 0.1  # the default test split of a small one
+
+
+def default_test_count(num_images: int) -> int:
+  """min(128, 10% of the source), at least 1: a small folder keeps most of its images for training."""
+  return max(1, min(MAX_TEST_COUNT, int(num_images * TEST_FRACTION)))
 
 
 def default_workers() -> int:
@@ -72,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     default="coverage",
     help="--scoring priors: pick the N boxes that cover the proposals' consensus (default) or the top N after NMS",
   )
-  a("--test-count", type=int, default=128, help="images held out by id hash for the test split")
+  a(
+    "--test-count",
+    type=int,
+    default=None,
+    help=f"images held out by id hash for the test split (default: {100 * TEST_FRACTION:.0f}%% of the source, "
+    f"at least 1, at most {MAX_TEST_COUNT})",
+  )
   a("--shard-size", type=int, default=1024, help="source images per shard")
   a("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
   a("--sed-model", default=None, help="structured-edge model (model.yml.gz); default: gradient")
@@ -119,7 +132,7 @@ def check_options(args: argparse.Namespace) -> str | None:
     ),
     (args.centre_weight < 0, f"--centre-weight {args.centre_weight}: must be >= 0"),
     (args.border_weight < 0, f"--border-weight {args.border_weight}: must be >= 0"),
-    (args.test_count < 0, f"--test-count {args.test_count}: must be >= 0"),
+    (args.test_count is not None and args.test_count < 0, f"--test-count {args.test_count}: must be >= 0"),
     (args.shard_size < 1, f"--shard-size {args.shard_size}: must be >= 1"),
     (args.workers < 1, f"--workers {args.workers}: must be >= 1"),
     (args.preview < 0, f"--preview {args.preview}: must be >= 0"),
@@ -187,6 +200,7 @@ def make_settings(args: argparse.Namespace) -> worker.Settings:
 def content_options(args: argparse.Namespace) -> dict:
   """The options recorded in dataset_info.json (those a source or mode does not use left out)."""
   options = vars(args).copy()
+  options.pop("verbosity")  # what the console shows, not what the dataset holds
   if args.source != "synthetic":
     options.pop("num_images")
     options.pop("seed")
@@ -228,7 +242,7 @@ def _check_sed_model(path: str) -> str | None:
 
 
 def _preprocess(argv: Sequence[str] | None) -> int:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs quiet
+  cli.quiet_logs(cli.verbosity_of(sys.argv[1:] if argv is None else argv))  # before TensorFlow loads
   args = build_parser().parse_args(argv)
   msg = check_options(args)
   if msg is None and args.sed_model:
@@ -238,8 +252,15 @@ def _preprocess(argv: Sequence[str] | None) -> int:
   source = sources.open_source(
     args.source, num_images=args.num_images, seed=args.seed, tfds_data_dir=args.tfds_data_dir
   )
-  if args.test_count >= len(source.ids):
-    raise errors.UsageError(f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source items")
+  n = len(source.ids)
+  if args.test_count is None:
+    if n < 2:
+      raise errors.UsageError(f"--source {args.source}: {n} item(s); need at least 2 (one to train on, one to test)")
+    args.test_count = default_test_count(n)
+    if args.test_count < MAX_TEST_COUNT:
+      print(f"--test-count {args.test_count}: {100 * TEST_FRACTION:.0f}% of the {n} source items (set it to choose)")
+  if args.test_count >= n:
+    raise errors.UsageError(f"--test-count {args.test_count}: must be smaller than the {n} source items")
   boxes = None
   if args.boxes:
     loaded = boxes_file.load(args.boxes)
@@ -272,6 +293,10 @@ def _preprocess(argv: Sequence[str] | None) -> int:
     f"wrote {c['train']} train + {c['test']} test examples to {args.output} "
     f"({rejected} rejected: {info['rejects']}{listed})"
   )
+  if args.preview:
+    written = min(args.preview, c["train"])  # `run.write_preview` shows the first train examples
+    short = f" (the train split has only {c['train']} examples)" if written < args.preview else ""
+    print(f"wrote {written} preview images to {os.path.join(args.output, run.PREVIEW_DIR)}{short}")
   return 0
 
 

@@ -1,9 +1,10 @@
 """Shared fixtures: a tiny dataset written by the real preprocessing, and a
-tiny trained workdir (both built once per test process)."""
+tiny trained workdir (both built once per test session, shared by the xdist workers)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -14,40 +15,84 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 # (torch._dynamo). Those tests run torch on the CPU and need no triton: keep it from loading.
 sys.modules.setdefault("triton", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests check values, shapes and behaviour of small models, where XLA's compile time is most of the
+# run time: compile with most optimisations off, as the Flax examples' tests do
+# (`jax_disable_most_optimizations`). KEYPATCH_TEST_OPTIMIZE=1 tests the optimised programs.
+if os.environ.get("KEYPATCH_TEST_OPTIMIZE") != "1":
+  os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache per test session, shared by the xdist workers and the CLI subprocesses.
+
+  The same tiny programs are compiled by several processes (each worker, every command run as a
+  subprocess); a cache hit skips the compile. It starts empty each session, so no test depends on an
+  earlier run. The workers and subprocesses inherit the controller's environment.
+  """
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ and not hasattr(config, "workerinput"):
+    import tempfile
+
+    config._keypatch_cache = tempfile.mkdtemp(prefix="keypatch-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config._keypatch_cache
+
+
+def pytest_unconfigure(config):
+  cache = getattr(config, "_keypatch_cache", None)
+  if cache:
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def timeout(seconds: float) -> float:
+  """A subprocess timeout for `seconds` of work on an idle 2-core machine, stretched by the current load.
+
+  CI runs on shared machines whose load can multiply every duration; a timeout here only guards against a
+  hang, so it must not fail a slow but working run. `KEYPATCH_TEST_TIMEOUT_SCALE` multiplies it further.
+  """
+  load = max(os.getloadavg()) / (os.cpu_count() or 1)
+  return seconds * max(1.0, load) * float(os.environ.get("KEYPATCH_TEST_TIMEOUT_SCALE", "1"))
+
+
+def _built_once(request, tmp_path_factory, name: str, build) -> str:
+  """`build(path)` run once per test session, also under pytest-xdist: the first worker builds, a file lock
+  makes the others wait, and all read the same folder (the fixtures' users only read or copy it)."""
+  if not hasattr(request.config, "workerinput"):  # a single process
+    path = str(tmp_path_factory.mktemp(name))
+    build(path)
+    return path
+  from filelock import FileLock
+
+  root = tmp_path_factory.getbasetemp().parent  # this session's folder, shared by its workers
+  path, done = root / name, root / f"{name}.done"
+  with FileLock(str(root / f"{name}.lock")):
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      build(str(path))
+      done.touch()
+  return str(path)
+
 
 TINY_IMAGES = 96
 TINY_TEST = 16
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> str:
+def tiny_data(request, tmp_path_factory) -> str:
   """A 16x16, N=3 synthetic dataset (80 train / 16 test) from `python -m preprocessing`."""
-  from preprocessing.__main__ import main
 
-  out = str(tmp_path_factory.mktemp("tiny_data"))
-  argv = [
-    "--source",
-    "synthetic",
-    "--num-images",
-    str(TINY_IMAGES),
-    "--image-size",
-    "16",
-    "--test-count",
-    str(TINY_TEST),
-    "--workers",
-    "1",
-    "--output",
-    out,
-    "--quiet",
-  ]
-  assert main(argv) == 0
-  return out
+  def build(out: str) -> None:
+    from preprocessing.__main__ import main
+
+    argv = ["--source", "synthetic", "--num-images", str(TINY_IMAGES), "--image-size", "16"]
+    argv += ["--test-count", str(TINY_TEST), "--workers", "1", "--output", out, "--quiet"]
+    assert main(argv) == 0
+
+  return _built_once(request, tmp_path_factory, "tiny_data", build)
 
 
 def corrupt_copy(data_dir: str, dest, split: str) -> tuple[str, str]:
   """A copy of `data_dir` whose first `split` shard has one byte flipped mid-file: (copy, that shard)."""
   import glob
-  import shutil
 
   out = str(dest / "corrupt_data")
   shutil.copytree(data_dir, out)
@@ -76,13 +121,15 @@ def tiny_config(data_dir: str, **overrides):
 
 
 @pytest.fixture(scope="session")
-def trained_workdir(tiny_data, tmp_path_factory) -> str:
+def trained_workdir(request, tiny_data, tmp_path_factory) -> str:
   """A workdir with checkpoints from a real 4-step tiny training run."""
-  from keypatch_jax import train
 
-  workdir = str(tmp_path_factory.mktemp("tiny_work"))
-  train.train_and_evaluate(tiny_config(tiny_data), workdir)
-  return workdir
+  def build(workdir: str) -> None:
+    from keypatch_jax import train
+
+    train.train_and_evaluate(tiny_config(tiny_data), workdir)
+
+  return _built_once(request, tmp_path_factory, "tiny_work", build)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import timeout, tiny_config
 
 from keypatch_jax import checkpoint, features, input_pipeline, train, validation
 from preprocessing import __main__ as cli
@@ -101,7 +101,7 @@ def test_every_train_shard_empty_is_a_one_line_error_not_a_hang(sharded_data, tm
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=240,
+    timeout=timeout(240),
     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
   )
   errors = [line for line in proc.stderr.splitlines() if line.startswith("keypatch_jax.main: error:")]
@@ -185,7 +185,7 @@ def test_sigterm_while_waiting_for_input_saves_and_exits(sharded_data, tmp_path)
       assert proc.poll() is None, proc.stderr.read()[-2000:]
     time.sleep(5)  # the loop finishes step 3, then waits for the next batch
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=timeout(120))
   finally:
     if proc.poll() is None:
       proc.kill()
@@ -215,7 +215,7 @@ def test_unclosed_train_iterator_exits_quietly(sharded_data, tmp_path):
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=180,
+    timeout=timeout(180),
     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO)),
   )
   assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-2000:]
@@ -306,7 +306,7 @@ def test_config_file_that_does_not_load_is_one_line(tmp_path, name, text, expect
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=180,
+    timeout=timeout(180),
     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
   )
   errors = [line for line in proc.stderr.splitlines() if line.startswith("keypatch_jax.main: error:")]

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import corrupt_copy
 
-from keypatch_jax import evaluate, losses, metrics
+from keypatch_jax import baselines, evaluate, losses, metrics
 
 REQUIRED = ("mask_iou", "mask_l1", "masked_psnr", "image_psnr", "order_consistency", "num_images")
+HEADLINE = ("mask_iou", "mask_l1", "masked_l1", "masked_psnr", "image_l1", "image_psnr")
 
 
 def _case():
@@ -47,20 +48,60 @@ def test_known_answers():
   assert np.isclose(float(metrics.mask_l1(soft, true)[0]), 0.25 * 44 / 256)
 
 
+def test_blind_baseline_by_hand():
+  """The patch-blind prediction is scored with the model's metric functions: a perfect mean is perfect."""
+  true, real = _case()
+  means = baselines.TrainMeans(mask=true[0], image=real[0], num_images=1)
+  m = {k: float(v[0]) for k, v in baselines.blind_metrics(means, real, true).items()}
+  assert m["mask_iou"] == 1.0 and m["mask_l1"] == 0.0 and m["image_l1"] == 0.0
+  half = baselines.TrainMeans(mask=true[0] * 0.4, image=real[0], num_images=1)  # below the 0.5 threshold
+  assert float(baselines.blind_metrics(half, real, true)["mask_iou"][0]) == 0.0
+
+
 @pytest.mark.slow
 def test_evaluate_a_checkpoint(trained_workdir, tiny_data, tmp_path, capsys):
   out = tmp_path / "metrics.json"
   assert evaluate.main(["--workdir", trained_workdir, "--data", tiny_data, "--output", str(out)]) == 0
-  result = json.loads(out.read_text())
+  written = json.loads(out.read_text())
+  descriptions = written.pop("descriptions")
   printed = capsys.readouterr().out.strip().splitlines()
-  assert json.loads(printed[-1]) == result
+  result = json.loads(printed[-1])
+  assert result == written
   assert all(k in result for k in REQUIRED)
-  assert result["num_images"] == 16 and result["step"] == 4
-  for prefix in ("", "random_", "noisy_"):
+  assert result["num_images"] == 16 and result["step"] == 4 and result["baseline_images"] == 80
+  for prefix in ("", "random_", "noisy_", "blind_"):
     assert 0.0 <= result[prefix + "mask_iou"] <= 1.0
     assert 0.0 <= result[prefix + "mask_l1"] <= 1.0
+  for name in HEADLINE:  # a patch-blind baseline beside every headline metric
+    assert "blind_" + name in result
+  assert set(descriptions) == set(result) and all(descriptions.values())  # every figure defined
+  assert "train split's mean" in descriptions["blind_mask_iou"]
   assert result["order_consistency"] < 1e-3  # eval-mode generator is permutation invariant
   assert 0.0 < result["d_real_score"] < 1.0 and 0.0 < result["d_fake_score"] < 1.0
+  table = printed[: printed.index(next(line for line in printed if line.startswith("wrote ")))]
+  assert table[0].split() == ["metric", "key", "random", "noisy", "blind"]
+  rows = {line.split()[0]: line.split()[1:] for line in table[1:] if line and not line.startswith(" ")}
+  assert all(len(rows[name]) == 4 for name in HEADLINE)
+  # d_*_score are not per-column figures: printed with their definition, not under a column
+  assert rows["d_real_score"][1:] == evaluate.DEFINITIONS["d_real_score"].split()
+
+
+def test_help_defines_metrics_and_columns(capsys):
+  with pytest.raises(SystemExit) as e:
+    evaluate.parse_args(["--help"])
+  assert e.value.code == 0
+  text = " ".join(capsys.readouterr().out.split())
+  for name in (*evaluate.DEFINITIONS, *evaluate.COLUMNS):
+    assert f" {name} " in text, name
+  assert "(default: 64)" in text  # --batch-size shows its default
+
+
+def test_bad_output_is_reported_before_the_checkpoint_is_read(trained_workdir, tiny_data, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:  # a bad option: exit status 2, as argparse's errors
+    evaluate.main(["--workdir", str(tmp_path / "no_run"), "--data", tiny_data, "--output", str(tmp_path)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"keypatch_jax.evaluate: error: --output {str(tmp_path)!r} is a directory; give a file name"]
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import timeout
 from PIL import Image
 
 from keypatch_jax import features
@@ -101,7 +102,7 @@ def linked_run(tmp_path_factory):
   out = root / "out"
   cmd = [sys.executable, "-m", "preprocessing", "--source", f"folder:{src}", "--output", str(out)]
   cmd += ["--image-size", "32", "--test-count", "1", "--workers", "1", "--quiet"]
-  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout(240))
   assert r.returncode == 0, r.stderr[-2000:]
   return out, json.loads((out / features.INFO_FILE).read_text())
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import timeout
 from flax import linen as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -443,7 +444,7 @@ def test_models_module_imports_in_a_fresh_interpreter():
     [sys.executable, "-c", "from keypatch_jax import models; print(models.Generator.__name__)"],
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=timeout(120),
   )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "Generator"

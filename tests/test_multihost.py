@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import timeout
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,7 +33,7 @@ def test_two_processes_train_in_sync_and_checkpoint(tiny_data, tmp_path):
     )
     for i in range(2)
   ]
-  outputs = [p.communicate(timeout=600) for p in procs]
+  outputs = [p.communicate(timeout=timeout(1200)) for p in procs]
   for p, (_, err) in zip(procs, outputs, strict=True):
     assert p.returncode == 0, err[-3000:]
   results = [

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import timeout
 
 from keypatch_jax import features
 from preprocessing import __main__ as cli
@@ -359,7 +360,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=timeout(180),
   )
 
 
@@ -401,6 +402,27 @@ def test_cli_folder_without_images(tmp_path):
   assert "no item decoded" in lines[-1] and str(out / "rejects.jsonl") in lines[-1]
 
 
+def test_small_source_gets_a_test_split_by_default_and_preview_says_why_fewer(tmp_path, capsys):
+  """10 images: --test-count defaults to 10% (1), said in one line; --preview 20 says why it wrote fewer."""
+  out = tmp_path / "small"
+  argv = ["--source", "synthetic", "--num-images", "10", "--image-size", "16", "--workers", "1", "--quiet"]
+  assert cli.main([*argv, "--preview", "20", "--output", str(out)]) == 0
+  printed = capsys.readouterr().out.strip().splitlines()
+  info = json.loads((out / features.INFO_FILE).read_text())
+  assert info["options"]["test_count"] == 1
+  assert printed[0] == "--test-count 1: 10% of the 10 source items (set it to choose)"
+  train = info["counts"]["train"]
+  assert info["counts"]["test"] + sum(info["rejects"].values()) + train == 10 and 0 < train < 20
+  assert printed[-1].startswith(f"wrote {train} preview images to ")
+  assert printed[-1].endswith(f"(the train split has only {train} examples)")
+  assert len(list((out / "preview").glob("*.png"))) == train
+
+
+@pytest.mark.parametrize("num_images, expected", [(2, 1), (10, 1), (25, 2), (1279, 127), (1280, 128), (10**6, 128)])
+def test_default_test_count_rule(num_images, expected):
+  assert cli.default_test_count(num_images) == expected
+
+
 # ---------------------------------------------------------------- resume
 
 
@@ -432,7 +454,7 @@ def test_kill_and_resume_equals_clean_single_worker_run(tmp_path):
     stderr=subprocess.DEVNULL,
   )
   try:
-    deadline = time.time() + 90
+    deadline = time.time() + timeout(90)
     while len(list(resumed.glob("train-*.tfrecord"))) < 2 and proc.poll() is None:
       assert time.time() < deadline
       time.sleep(0.05)
@@ -443,11 +465,11 @@ def test_kill_and_resume_equals_clean_single_worker_run(tmp_path):
   done = len(list(resumed.glob("train-*.tfrecord")))
   assert proc.returncode == -signal.SIGKILL and 2 <= done < 15, "the run was not interrupted"
   assert not (resumed / features.INFO_FILE).exists()
-  r = subprocess.run([*cmd, "--output", str(resumed)], cwd=REPO, capture_output=True, timeout=120)
+  r = subprocess.run([*cmd, "--output", str(resumed)], cwd=REPO, capture_output=True, timeout=timeout(180))
   assert r.returncode == 0, r.stderr[-2000:]
   # The clean run uses one in-process worker: the output must not depend on it.
   clean_cmd = [sys.executable, "-m", "preprocessing", *common, "--workers", "1"]
-  r = subprocess.run([*clean_cmd, "--output", str(clean)], cwd=REPO, capture_output=True, timeout=120)
+  r = subprocess.run([*clean_cmd, "--output", str(clean)], cwd=REPO, capture_output=True, timeout=timeout(180))
   assert r.returncode == 0, r.stderr[-2000:]
   a, b = _snapshot(clean), _snapshot(resumed)
   assert list(a) == list(b)

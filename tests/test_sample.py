@@ -12,14 +12,16 @@ import cv2
 import numpy as np
 import pytest
 
-from keypatch_jax import patches, sample
+from keypatch_jax import patches, sample, visualize
 
-S, N, PAD = 16, 3, 2  # the tiny dataset; visualize.make_grid's padding
+S, N = 16, 3  # the tiny dataset
+PAD, HEADER = visualize.PAD, visualize.HEADER
+CELL = 128  # a 16x16 image is enlarged 8x: every cell at least 128 px (visualize.MIN_CELL)
 
 
 def grid_shape(rows: int, columns: int, blocks: int = 1) -> tuple[int, int, int]:
-  """make_grid's layout: rows x columns tiles of S with PAD around, `blocks` grids side by side."""
-  return rows * (S + PAD) + PAD, blocks * (columns * (S + PAD) + PAD), 3
+  """sample's layout: a title and a label line, rows x columns cells, `blocks` grids side by side."""
+  return 2 * HEADER + rows * (CELL + PAD) + PAD, blocks * (columns * (CELL + PAD) + PAD), 3
 
 
 @pytest.mark.slow
@@ -40,8 +42,8 @@ def test_permute_mode_is_order_invariant(trained_workdir, tiny_data, tmp_path):
   out = str(tmp_path / "permute.png")
   assert sample.main(["--workdir", trained_workdir, "--data", tiny_data, "--output", out, "--mode", "permute"]) == 0
   grid = cv2.imread(out)
-  width = (N + 3) * (S + PAD) + PAD
-  generated = [grid[:, b * width + PAD + (N + 1) * (S + PAD) :][:, :S] for b in range(6)]
+  width = (N + 3) * (CELL + PAD) + PAD
+  generated = [grid[2 * HEADER :, b * width + PAD + (N + 1) * (CELL + PAD) :][:, :CELL] for b in range(6)]
   for other in generated[1:]:
     assert np.abs(other.astype(int) - generated[0].astype(int)).max() <= 1
 
@@ -156,6 +158,83 @@ def test_bad_input_is_one_line_error(trained_workdir, tiny_data, tmp_path, capsy
   assert err[0].startswith("keypatch_jax.sample: error: ") and expected in err[0], err[0]
 
 
+def _parent_of_run(workdir: str, tmp_path) -> str:
+  """A folder whose `train/` sub-folder holds a run, as the demo's WORKDIR does."""
+  run = tmp_path / "demo_work" / "train"
+  run.mkdir(parents=True)
+  shutil.copy(os.path.join(workdir, "config.json"), run / "config.json")
+  return str(tmp_path / "demo_work")
+
+
+def _a_file(tmp_path):
+  path = tmp_path / "plain_file"
+  path.write_text("not a folder")
+  return path
+
+
+# Mistakes found from the arguments and the file system alone: (argv, exit status, expected text).
+PREFLIGHT = {
+  "output is a folder": lambda w, d, t: (["--workdir", w, "--data", d, "--output", str(t)], 2, "is a directory"),
+  "output suffix": lambda w, d, t: (["--workdir", w, "--data", d, "--output", str(t / "g.txt")], 2, "ending in .png"),
+  "output under a file": lambda w, d, t: (
+    ["--workdir", w, "--data", d, "--output", str(_a_file(t) / "g.png")],
+    2,
+    "is a file, not a directory",
+  ),
+  "missing --patches folder": lambda w, d, t: (
+    ["--workdir", w, "--patches", str(t / "none"), "--output", str(t / "g.png")],
+    1,
+    "--patches",
+  ),
+  "parent of a run": lambda w, d, t: (
+    ["--workdir", _parent_of_run(w, t), "--data", d, "--output", str(t / "g.png")],
+    1,
+    f"did you mean --workdir {t / 'demo_work' / 'train'}?",
+  ),
+  "empty workdir": lambda w, d, t: (
+    ["--workdir", _no_checkpoints(w, t), "--data", d, "--output", str(t / "g.png")],
+    1,
+    "no checkpoint",
+  ),
+  "missing data": lambda w, d, t: (
+    ["--workdir", w, "--data", str(t / "none"), "--output", str(t / "g.png")],
+    1,
+    "does not exist",
+  ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREFLIGHT))
+def test_argument_mistakes_are_reported_before_any_model_is_built(
+  trained_workdir, tiny_data, tmp_path, capsys, monkeypatch, case
+):
+  from keypatch_jax import inference
+
+  def never(*args, **kwargs):
+    raise AssertionError("restored a checkpoint before checking the arguments")
+
+  monkeypatch.setattr(inference, "load_run", never)
+  argv, status, expected = PREFLIGHT[case](trained_workdir, tiny_data, tmp_path)
+  try:
+    code = sample.main(argv)
+  except SystemExit as e:  # a bad option ends the command as argparse's errors do
+    code = e.code
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == status
+  assert len(err) == 1 and err[0].startswith("keypatch_jax.sample: error: ") and expected in err[0], err
+
+
+def test_help_explains_the_modes_and_shows_defaults(capsys):
+  with pytest.raises(SystemExit) as e:
+    sample.parse_args(["--help"])
+  assert e.value.code == 0
+  text = " ".join(capsys.readouterr().out.split())
+  for mode, explanation in patches.MODE_HELP.items():
+    assert f"{mode} {' '.join(explanation.split())}" in text, mode
+  assert "--mode (ignored with --patches)" in text
+  assert "(default: 8)" in text and "(default: key)" in text
+
+
 @pytest.mark.slow
 def test_cli_subprocess(trained_workdir, tiny_data, tmp_path):
   out = str(tmp_path / "cli.png")
@@ -164,6 +243,8 @@ def test_cli_subprocess(trained_workdir, tiny_data, tmp_path):
   ok = subprocess.run(base + ["--data", tiny_data, "--num", "3"], capture_output=True, text=True, env=env)
   assert ok.returncode == 0, ok.stderr
   assert cv2.imread(out).shape == grid_shape(3, N + 3)
+  for chatter in ("orbax", "read-only", "libtpu", "oneDNN", "checkpoint_manager"):  # library logs stay off
+    assert chatter not in ok.stderr, ok.stderr[-2000:]
   bad_argv = [sys.executable, "-m", "keypatch_jax.sample", "--workdir", str(tmp_path / "missing"), "--data", tiny_data]
   bad = subprocess.run(bad_argv + ["--output", out], capture_output=True, text=True, env=env)
   assert bad.returncode == 1

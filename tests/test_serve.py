@@ -21,6 +21,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+from conftest import timeout
 
 from keypatch_jax import serve
 from preprocessing import synthetic
@@ -153,7 +154,7 @@ def server(request, tmp_path_factory):
   with open(log, "w") as out:
     proc = subprocess.Popen([sys.executable, "-m", "keypatch_jax.serve", *argv], stdout=out, stderr=out, env=env)
   url = f"http://127.0.0.1:{port}"
-  deadline = time.monotonic() + 600
+  deadline = time.monotonic() + timeout(600)
   try:
     while True:
       if proc.poll() is not None:
@@ -169,7 +170,7 @@ def server(request, tmp_path_factory):
   finally:
     proc.terminate()
     try:
-      proc.wait(timeout=30)
+      proc.wait(timeout=timeout(30))
     except subprocess.TimeoutExpired:
       proc.kill()
 
@@ -191,7 +192,7 @@ def page(browser, server):
   url, _, _ = server
   page = browser.new_page(viewport={"width": 1400, "height": 900})
   page.goto(url)
-  page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+  page.wait_for_selector("body[data-ready='1']", timeout=timeout(60) * 1000)
   yield page
   page.close()
 
@@ -207,7 +208,7 @@ def _boxes(page) -> list[list[float]]:
 def _generate(page, button: str) -> None:
   count = int(page.get_attribute("#generated", "data-count") or 0)
   page.click(button)
-  page.wait_for_selector(f"#generated[data-count='{count + 1}']", timeout=120_000)
+  page.wait_for_selector(f"#generated[data-count='{count + 1}']", timeout=timeout(120) * 1000)
 
 
 def _patch_sources(page) -> list[str]:
@@ -227,7 +228,9 @@ def test_upload_detect_drag_and_generate(page, server, tmp_path):
   _, info, _ = server
   s, n = info["image_size"], info["num_patches"]
   page.set_input_files("#photo-input", _file("face.png", _png(_face()[..., ::-1])))
-  page.wait_for_function("JSON.parse(document.getElementById('canvas').dataset.boxes).length > 0", timeout=60_000)
+  page.wait_for_function(
+    "JSON.parse(document.getElementById('canvas').dataset.boxes).length > 0", timeout=timeout(60) * 1000
+  )
   detected = _boxes(page)
   assert "EdgeBoxes found" in page.inner_text("#message")
 
@@ -319,7 +322,7 @@ def test_bad_uploads_show_one_line_and_the_server_lives_on(page, server):
   ]
   for name, data, expected in cases:
     page.set_input_files("#photo-input", _file(name, data))
-    page.wait_for_selector("#message.error", timeout=60_000)
+    page.wait_for_selector("#message.error", timeout=timeout(60) * 1000)
     message = page.inner_text("#message")
     assert expected in message and "\n" not in message
     page.evaluate("say('')")  # clear for the next case
@@ -334,5 +337,7 @@ def test_bad_uploads_show_one_line_and_the_server_lives_on(page, server):
   assert proc.poll() is None and _get_json(url + "/api/info")["step"] >= 0
   page.evaluate("say('')")
   page.set_input_files("#photo-input", _file("cmyk.jpg", _cmyk_jpeg(_face()), "image/jpeg"))  # converted
-  page.wait_for_function("JSON.parse(document.getElementById('canvas').dataset.boxes).length > 0", timeout=60_000)
+  page.wait_for_function(
+    "JSON.parse(document.getElementById('canvas').dataset.boxes).length > 0", timeout=timeout(60) * 1000
+  )
   assert "EdgeBoxes found" in page.inner_text("#message")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import corrupt_copy, tiny_config
+from conftest import corrupt_copy, timeout, tiny_config
 
 from configs import default, paper, small
 from keypatch_jax import checkpoint, features, input_pipeline, train
@@ -307,7 +308,7 @@ def test_sigterm_saves_a_restorable_checkpoint(tiny_data, tmp_path):
       "--config.log_every_steps=1",
     ]
   )
-  deadline = time.time() + 240
+  deadline = time.time() + timeout(300)
   events = os.path.join(workdir, "events.out.tfevents.*")
   while time.time() < deadline and proc.poll() is None:
     # the loop is running once scalars for a few steps have been written
@@ -317,8 +318,12 @@ def test_sigterm_saves_a_restorable_checkpoint(tiny_data, tmp_path):
     time.sleep(1)
   assert proc.poll() is None, proc.communicate()[1][-2000:]
   proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
+  out, err = proc.communicate(timeout=timeout(180))
   assert proc.returncode == 0, err[-2000:]
+  # The console shows progress lines, not library chatter (Orbax INFO, the TPU probe, TensorFlow banners).
+  assert re.search(r"^step \d+/100000 \(0%\)  g_loss \S+  d_loss \S+", out, re.M), out[-2000:]
+  for chatter in ("orbax", "checkpoint_manager", "libtpu", "oneDNN"):
+    assert chatter not in out + err, (chatter, err[-2000:])
   steps = checkpoint.manager(workdir, read_only=True).all_steps()
   assert len(steps) == 1 and 0 < steps[0] < 100000
   _, _, _, step = checkpoint.restore_generator(workdir)
@@ -337,7 +342,7 @@ def test_sigterm_saves_a_restorable_checkpoint(tiny_data, tmp_path):
 def test_bad_config_or_data_is_a_one_line_error(tiny_data, tmp_path, args, expected):
   full = [f"--config.data_dir={tiny_data}", *args] if "data_dir" not in args[0] else args
   proc = _cli(["--workdir", str(tmp_path / "w"), *full])
-  _, err = proc.communicate(timeout=180)
+  _, err = proc.communicate(timeout=timeout(300))
   assert proc.returncode == 1
   assert "Traceback" not in err
   lines = [line for line in err.splitlines() if line.startswith("keypatch_jax.main: error:")]

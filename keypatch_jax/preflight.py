@@ -1,0 +1,110 @@
+"""Checks that need only the arguments and the file system, run before anything slow.
+
+`sample`, `evaluate` and `probe` restore a checkpoint and compile a model
+before they would otherwise notice a mistyped path: on a busy machine that
+is minutes. These checks answer in milliseconds, with the messages the slow
+path would give, and import nothing heavy. Remote paths (`gs://...`) are
+left to the slow path.
+"""
+
+from __future__ import annotations
+
+import os
+
+from keypatch_jax import errors
+from keypatch_jax.features import INFO_FILE
+
+CONFIG_FILE = "config.json"  # a run's config, next to its checkpoints (checkpoint.py)
+CHECKPOINT_DIR = "checkpoints"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what OpenCV writes
+
+
+def _remote(path: str) -> bool:
+  return "://" in path
+
+
+def runs_below(folder: str) -> list[str]:
+  """The immediate sub-folders of `folder` that hold a training run (a config file), sorted."""
+  try:
+    names = sorted(os.listdir(folder))
+  except OSError:
+    return []
+  return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n, CONFIG_FILE))]
+
+
+def not_a_workdir(workdir: str) -> str:
+  """The message for a folder without a run's config, naming the runs just below it (the demo's WORKDIR/train)."""
+  runs = runs_below(workdir)
+  hint = f" (did you mean --workdir {' or '.join(runs)}?)" if runs else ""
+  return f"{os.path.join(workdir, CONFIG_FILE)!r} not found: {workdir!r} is not a training workdir{hint}"
+
+
+def workdir(path: str) -> None:
+  """A local `--workdir` must exist, hold a run's config and at least one checkpoint step.
+
+  Raises:
+    errors.UserError: one line naming the folder and what to do.
+  """
+  if _remote(path):
+    return
+  if not os.path.isdir(path):
+    raise errors.UserError(f"workdir {path!r} does not exist")
+  if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+    raise errors.UserError(not_a_workdir(path))
+  checkpoints = os.path.join(path, CHECKPOINT_DIR)
+  steps = [n for n in os.listdir(checkpoints) if n.isdigit()] if os.path.isdir(checkpoints) else []
+  if not steps:
+    raise errors.UserError(f"no checkpoint in {checkpoints!r}; train first or pass the right --workdir")
+
+
+def data(path: str) -> None:
+  """A local `--data` must be a folder written by `python -m preprocessing`.
+
+  Raises:
+    errors.UserError: one line naming the folder and what to do.
+  """
+  if _remote(path):
+    return
+  if not os.path.isdir(path):
+    raise errors.UserError(f"data dir {path!r} does not exist; run `python -m preprocessing`")
+  if not os.path.isfile(os.path.join(path, INFO_FILE)):
+    raise errors.UserError(
+      f"{os.path.join(path, INFO_FILE)!r} not found: {path!r} is not a preprocessed dataset; "
+      "run `python -m preprocessing --output` on it first"
+    )
+
+
+def patch_folder(path: str) -> None:
+  """`--patches` must be a folder holding files (whether they decode is checked when they are read).
+
+  Raises:
+    errors.UserError: one line naming the folder.
+  """
+  if not os.path.isdir(path):
+    raise errors.UserError(f"--patches {path!r} is not a directory")
+  if not any(os.path.isfile(os.path.join(path, f)) for f in os.listdir(path)):
+    raise errors.UserError(f"--patches {path!r} holds no files")
+
+
+def output(path: str, *, flag: str = "--output", suffixes: tuple[str, ...] | None = None) -> None:
+  """An output file name that can be written: not a folder, a known suffix, a writable place.
+
+  The folders it needs may be missing (they are created); the nearest one
+  that exists must be a writable folder.
+
+  Raises:
+    errors.UsageError: one line naming the flag and the value (exit status 2, as a bad option).
+  """
+  if _remote(path):
+    return
+  if os.path.isdir(path):
+    raise errors.UsageError(f"{flag} {path!r} is a directory; give a file name")
+  if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
+    raise errors.UsageError(f"{flag} {path!r}: use a file name ending in {' or '.join(suffixes)}")
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise errors.UsageError(f"{flag} {path!r}: {parent!r} is a file, not a directory")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise errors.UsageError(f"{flag} {path!r}: {parent!r} is not writable")
