@@ -18,6 +18,7 @@ interruption continues where it stopped. It is the same as running
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -70,11 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"[demo 4/4] evaluating -> {metrics}", flush=True)
   if evaluate.main(["--workdir", work, "--data", data, "--output", metrics]) != 0:
     return 1
+  with open(metrics) as f:
+    masked_psnr = json.load(f)["masked_psnr"]
   print(
     f"demo done in {time.perf_counter() - start:.0f} s: {summary['step']} steps at "
     f"{summary['steps_per_s']:.2f} steps/s; test mask IoU {summary['mask_iou']:.3f} "
-    f"(an all-ones mask scores {summary['mask_iou_all_ones']:.3f}); see {samples} and "
-    f"`tensorboard --logdir {work}`",
+    f"(an all-ones mask scores {summary['mask_iou_all_ones']:.3f}), masked PSNR {masked_psnr:.1f} dB; "
+    f"see {samples} and `tensorboard --logdir {work}`",
     flush=True,
   )
   return 0

@@ -33,7 +33,7 @@ def default_workers() -> int:
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="preprocessing", description=__doc__.splitlines()[0])
   a = p.add_argument
-  a("--source", required=True, help="folder:PATH | tfds:NAME[:split] | synthetic")
+  a("--source", required=True, help="folder:PATH | tfds:NAME[:split] | synthetic[:varied|aligned]")
   a("--output", required=True, help="output directory (local or gs://)")
   a("--num-images", type=int, default=2000, help="synthetic source: number of images")
   a("--image-size", type=int, default=64, help="S, side of the stored images (64/128/256)")
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.test_count >= len(source.ids):
       parser.error(f"--test-count {args.test_count}: must be smaller than the {len(source.ids)} source images")
     options = vars(args).copy()
-    if args.source != "synthetic":
+    if args.source.partition(":")[0] != "synthetic":
       options.pop("num_images")
       options.pop("seed")
     info = run.run(options, source, make_settings(args))
