@@ -48,7 +48,7 @@ def default_workers() -> int:
 def build_parser() -> argparse.ArgumentParser:
   p = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   a = p.add_argument
-  a("--source", required=True, help="folder:PATH | tfds:NAME[:split] | synthetic")
+  a("--source", required=True, help="folder:PATH | tfds:NAME[:split] | synthetic[:varied|aligned]")
   a("--output", required=True, help="output directory (local or gs://)")
   a("--num-images", type=int, default=2000, help="synthetic source: number of images")
   a("--image-size", type=int, default=64, help="S, side of the stored images (64/128/256)")

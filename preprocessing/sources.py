@@ -1,4 +1,4 @@
-"""Image sources: `folder:PATH`, `tfds:NAME[:split]` and `synthetic`.
+"""Image sources: `folder:PATH`, `tfds:NAME[:split]` and `synthetic[:POSE]`.
 
 A source knows its item ids up front (for the hash split and the shard plan)
 and yields items lazily, in a fixed order. An item is a small picklable tuple
@@ -26,7 +26,7 @@ import numpy as np
 from keypatch_jax import errors
 from preprocessing import images, synthetic
 
-# (index, id, ref): ref is ("file", path) | ("synthetic", seed) | ("array", image, label).
+# (index, id, ref): ref is ("file", path) | ("synthetic", seed, pose) | ("array", image, label).
 Item = tuple[int, str, tuple[Any, ...]]
 
 
@@ -65,7 +65,7 @@ def load_item(item: Item) -> tuple[np.ndarray, int]:
   if kind == "file":
     return images.read_image_file(ref[1]), -1
   if kind == "synthetic":
-    return synthetic.make_face(ref[1], item[0])
+    return synthetic.make_face(ref[1], item[0], pose=ref[2])
   if kind == "array":
     return array_to_rgb8(ref[1]), int(ref[2])
   raise ValueError(f"unknown item kind {kind!r}")
@@ -139,15 +139,17 @@ def folder_source(spec: str, path: str) -> Source:
   return Source(spec, rel, 0, items, root=path)
 
 
-def synthetic_source(spec: str, num_images: int, seed: int) -> Source:
-  """`num_images` procedural faces (see `preprocessing.synthetic`)."""
+def synthetic_source(spec: str, num_images: int, seed: int, pose: str = "varied") -> Source:
+  """`num_images` procedural faces in `pose` (see `preprocessing.synthetic`)."""
   if num_images < 1:
     raise SourceError(f"--num-images {num_images}: must be >= 1")
+  if pose not in synthetic.POSES:
+    raise SourceError(f"--source {spec}: the synthetic pose must be one of {sorted(synthetic.POSES)}")
   ids = [synthetic.face_id(i) for i in range(num_images)]
 
   def items(wanted: set[int]) -> Iterator[Item]:
     for i in sorted(wanted):
-      yield i, ids[i], ("synthetic", seed)
+      yield i, ids[i], ("synthetic", seed, pose)
 
   return Source(spec, ids, synthetic.NUM_LABELS, items)
 
@@ -192,12 +194,12 @@ def tfds_source(spec: str, name: str, split: str, data_dir: str | None = None) -
 
 def open_source(spec: str, *, num_images: int, seed: int, tfds_data_dir: str | None = None) -> Source:
   """Parses `--source` and opens it. Raises `SourceError` with a one-line message."""
-  if spec == "synthetic":
-    return synthetic_source(spec, num_images, seed)
   kind, _, rest = spec.partition(":")
+  if kind == "synthetic":
+    return synthetic_source(spec, num_images, seed, rest or "varied")
   if kind == "folder" and rest:
     return folder_source(spec, rest)
   if kind == "tfds" and rest:
     name, _, split = rest.partition(":")
     return tfds_source(spec, name, split or "train", tfds_data_dir)
-  raise SourceError(f"--source {spec}: expected folder:PATH, tfds:NAME[:split] or synthetic")
+  raise SourceError(f"--source {spec}: expected folder:PATH, tfds:NAME[:split] or synthetic[:POSE]")

@@ -6,9 +6,16 @@ hair in one of `NUM_LABELS` colours (the label), two eyes with brows and irises,
 a nose and a mouth. The parts have strong closed contours, so EdgeBoxes finds
 boxes on them, and they move with the pose, so a model trained on the patches
 has to learn where parts go.
+
+Two pose ranges (`POSES`): "varied" (the default; head centre within ±12
+pixels of 128, ±15° roll, ±11 % size) and "aligned" (±3 pixels, ±4°, ±3 %),
+which places the face the way CelebA's aligned crops do (landmarks at nearly
+fixed positions). `--source synthetic:aligned` selects it; the demo uses it.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
@@ -18,6 +25,19 @@ NUM_LABELS = 4
 # RGB hair colours, one per label: black, blond, red, blue.
 HAIR_COLOURS = ((30, 25, 20), (225, 195, 95), (185, 60, 25), (40, 80, 200))
 SKIN_COLOURS = ((255, 220, 185), (235, 190, 150), (200, 150, 110), (150, 100, 70), (110, 75, 55))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pose:
+  """Half-ranges of the head's placement in a 128-pixel frame (uniform draws)."""
+
+  shift_x: float  # head centre, pixels
+  shift_y: float  # head centre, pixels
+  roll: float  # degrees
+  size: float  # head half-width spread around 38 pixels
+
+
+POSES = {"varied": Pose(12.0, 8.0, 15.0, 4.0), "aligned": Pose(3.0, 2.0, 4.0, 1.0)}
 
 
 def face_id(index: int) -> str:
@@ -51,26 +71,34 @@ def _pt(cx: float, cy: float, dx: float, dy: float, rot: float) -> tuple[int, in
   return int(round(cx + c * dx - s * dy)), int(round(cy + s * dx + c * dy))
 
 
-def make_face(seed: int, index: int, size: int = SIZE) -> tuple[np.ndarray, int]:
+def make_face(seed: int, index: int, size: int = SIZE, pose: str = "varied") -> tuple[np.ndarray, int]:
   """Draws synthetic face `index` for `seed`.
 
   Args:
     seed: dataset seed.
     index: image index.
     size: output side in pixels.
+    pose: a key of `POSES`. The random draws are the same for every pose (only
+      their ranges differ), so the two datasets hold the same faces.
 
   Returns:
     (image uint8 [size, size, 3] RGB, label in [0, NUM_LABELS)).
+
+  Raises:
+    ValueError: unknown `pose`.
   """
+  if pose not in POSES:
+    raise ValueError(f"pose must be one of {sorted(POSES)}, got {pose!r}")
+  p = POSES[pose]
   rng = np.random.default_rng([seed, index])
   label = int(rng.integers(NUM_LABELS))
   img = _background(rng, size)
   k = size / 128.0
-  rx = rng.uniform(34, 42) * k  # head half-width
+  rx = (38 + p.size * rng.uniform(-1, 1)) * k  # head half-width
   ry = rx * rng.uniform(1.15, 1.35)  # head half-height
-  cx = size / 2 + rng.uniform(-12, 12) * k
-  cy = size / 2 + 4 * k + rng.uniform(-8, 8) * k
-  rot = np.deg2rad(rng.uniform(-15, 15))
+  cx = size / 2 + p.shift_x * rng.uniform(-1, 1) * k
+  cy = size / 2 + 4 * k + p.shift_y * rng.uniform(-1, 1) * k
+  rot = np.deg2rad(p.roll * rng.uniform(-1, 1))
   deg = float(np.rad2deg(rot))
   skin = _jitter(rng, SKIN_COLOURS[rng.integers(len(SKIN_COLOURS))], 10)
   hair = _jitter(rng, HAIR_COLOURS[label], 15)
