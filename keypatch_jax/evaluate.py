@@ -224,10 +224,7 @@ def metrics_names(result: dict[str, float]) -> list[str]:
 
 def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
-  if args.output is not None:  # before anything slow
-    preflight.output(args.output, suffixes=(".json",))
-  preflight.workdir(args.workdir)
-  preflight.data(args.data)
+  preflight.run_and_data(args, output_suffixes=(".json",))  # before anything slow
 
   from keypatch_jax import inception, inference
 

@@ -39,16 +39,23 @@ def not_a_workdir(workdir: str) -> str:
   return f"{os.path.join(workdir, CONFIG_FILE)!r} not found: {workdir!r} is not a training workdir{hint}"
 
 
+def _folder(path: str, what: str, missing_hint: str) -> bool:
+  """False for a remote path (left to the slow path); raises when a local `path` is not a folder."""
+  if _remote(path):
+    return False
+  if not os.path.isdir(path):
+    raise errors.UserError(f"{what} {path!r} does not exist{missing_hint}")
+  return True
+
+
 def workdir(path: str) -> None:
   """A local `--workdir` must exist, hold a run's config and at least one checkpoint step.
 
   Raises:
     errors.UserError: one line naming the folder and what to do.
   """
-  if _remote(path):
+  if not _folder(path, "workdir", ""):
     return
-  if not os.path.isdir(path):
-    raise errors.UserError(f"workdir {path!r} does not exist")
   if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
     raise errors.UserError(not_a_workdir(path))
   checkpoints = os.path.join(path, CHECKPOINT_DIR)
@@ -63,15 +70,25 @@ def data(path: str) -> None:
   Raises:
     errors.UserError: one line naming the folder and what to do.
   """
-  if _remote(path):
+  if not _folder(path, "data dir", "; run `python -m preprocessing`"):
     return
-  if not os.path.isdir(path):
-    raise errors.UserError(f"data dir {path!r} does not exist; run `python -m preprocessing`")
   if not os.path.isfile(os.path.join(path, INFO_FILE)):
     raise errors.UserError(
       f"{os.path.join(path, INFO_FILE)!r} not found: {path!r} is not a preprocessed dataset; "
       "run `python -m preprocessing --output` on it first"
     )
+
+
+def run_and_data(args, *, output_suffixes: tuple[str, ...]) -> None:
+  """The cheap checks of a command over a run and a dataset: `args.output`, `args.workdir`, `args.data`.
+
+  Raises:
+    errors.UserError / errors.UsageError: one line, before anything slow.
+  """
+  if args.output is not None:
+    output(args.output, suffixes=output_suffixes)
+  workdir(args.workdir)
+  data(args.data)
 
 
 def patch_folder(path: str) -> None:

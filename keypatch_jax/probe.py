@@ -170,10 +170,7 @@ def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, args) -> 
 
 def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
-  if args.output is not None:  # before anything slow
-    preflight.output(args.output, suffixes=(".json",))
-  preflight.workdir(args.workdir)
-  preflight.data(args.data)
+  preflight.run_and_data(args, output_suffixes=(".json",))  # before anything slow
 
   from keypatch_jax import inference, input_pipeline
 
