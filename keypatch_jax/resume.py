@@ -23,16 +23,8 @@ from typing import Any
 import jax
 import ml_collections
 
-
-def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-  """{"model.conv_dim": 64, ...}: dotted leaf paths of a config (lists from JSON become tuples)."""
-  out: dict[str, Any] = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = tuple(value) if isinstance(value, list) else value
-  return out
+from keypatch_jax import validation
+from keypatch_jax.state import create_train_state
 
 
 def _with(config: ml_collections.ConfigDict, changes: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -56,8 +48,6 @@ def _state_signature(config) -> list[tuple[str, tuple[int, ...], str]]:
   Paths, not the tree definition: that also holds static fields (the optax
   transform), which differ between any two builds.
   """
-  from keypatch_jax.state import create_train_state
-
   state = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
   leaves, _ = jax.tree_util.tree_flatten_with_path(state)
   return [(jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype)) for path, x in leaves]
@@ -74,9 +64,7 @@ def check_config_change(old: ml_collections.ConfigDict, new: ml_collections.Conf
     validation.ConfigError: one line naming each shape-changing field with its
       old and new value.
   """
-  from keypatch_jax import validation
-
-  old_flat, new_flat = flatten(old), flatten(new)
+  old_flat, new_flat = validation.flatten(old), validation.flatten(new)
   changed = {k: old_flat[k] for k in sorted(new_flat) if k in old_flat and old_flat[k] != new_flat[k]}
   if not changed:
     return

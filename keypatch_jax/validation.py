@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import ml_collections
+
 from keypatch_jax import conv_forms, errors, losses, models
 
 
@@ -10,6 +14,17 @@ class ConfigError(errors.UserError):
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """{"model.conv_dim": 64, ...}: dotted leaf paths of a config (lists from JSON become tuples)."""
+  out: dict[str, Any] = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = tuple(value) if isinstance(value, list) else value
+  return out
 
 
 def enumerated_fields() -> dict[str, tuple[str, ...]]:
@@ -35,9 +50,8 @@ def validate_config(config) -> None:
     ConfigError: "bad config: <field> ...", one line naming the field.
   """
   from configs import default
-  from keypatch_jax import resume
 
-  missing = sorted(set(resume.flatten(default.get_config())) - set(resume.flatten(config)))
+  missing = sorted(set(flatten(default.get_config())) - set(flatten(config)))
   if missing:
     more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
     raise ConfigError(
