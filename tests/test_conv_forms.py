@@ -32,7 +32,9 @@ def _torch_conv_transpose_reference(x: np.ndarray, kernel: np.ndarray, bias: np.
   return full[:, pad : pad + out_h, pad : pad + out_w] + bias
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 4, 3), (1, 5, 3, 2), (3, 1, 1, 4)])
+@pytest.mark.parametrize(
+  "shape", [(2, 4, 4, 3), *(pytest.param(s, marks=pytest.mark.slow) for s in [(1, 5, 3, 2), (3, 1, 1, 4)])]
+)
 def test_upconv_matches_conv_transpose_values_and_gradients(shape):
   """Every UpConv form == nn.ConvTranspose == a PyTorch-semantics reference."""
   features = 6
@@ -71,7 +73,9 @@ def test_subpixel_rejects_non_doubling_padding():
     conv_forms.subpixel_conv_transpose(x, kernel, ((2, 2), (2, 2)))
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 4, 6, 2), (3, 2, 2, 4)])
+@pytest.mark.parametrize(
+  "shape", [(2, 8, 8, 3), *(pytest.param(s, marks=pytest.mark.slow) for s in [(1, 4, 6, 2), (3, 2, 2, 4)])]
+)
 def test_downconv_matches_conv_values_and_gradients(shape):
   """Every DownConv form == nn.Conv(5x5, stride 2, padding 2): values and gradients."""
   features = 5

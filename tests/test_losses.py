@@ -163,6 +163,7 @@ def test_mask_from_boxes_by_hand():
 # Gradient blocking through a real (tiny) discriminator.
 
 
+@pytest.mark.slow
 def test_d_loss_blocks_gradient_into_generated_but_g_loss_does_not():
   size = 16
   disc = models.KindsDiscriminator(image_size=size, conv_dim=4)

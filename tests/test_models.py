@@ -83,7 +83,7 @@ def _assert_same_over_axis0(tree, atol: float = 1e-5):
 # Permutation invariance (the canonical test; docs/design.md §3.2).
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [1, 2, pytest.param(3, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow)])
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.1, 3.0))
 def test_generator_is_invariant_to_patch_order(n: int, seed: int, scale: float):
@@ -121,6 +121,7 @@ def _check_ranges(mask: jax.Array, image: jax.Array):
   assert float(image.min()) >= -1.0 and float(image.max()) <= 1.0
 
 
+@pytest.mark.slow
 def test_full_generator_at_64_shapes_ranges_and_spec_feature_maps():
   """A real forward at S=64, batch 2, full widths; the feature-map shapes of docs/design.md §3.4."""
   gen = models.Generator(image_size=64)
@@ -250,6 +251,7 @@ def test_parameter_counts(size: int):
 # The conv forms inside the networks (each form alone: tests/test_conv_forms.py).
 
 
+@pytest.mark.slow
 def test_generator_subpixel_and_transpose_agree():
   """The whole generator gives the same outputs with either UpConv form."""
   patches, z = _inputs(jax.random.key(3), BATCH, 3, SMALL["image_size"], SMALL["z_dim"])
@@ -272,6 +274,7 @@ def test_generator_subpixel_and_transpose_agree():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_models_polyphase_and_native_agree():
   """Generator and discriminator give the same outputs with every DownConv form."""
   patches, z = _inputs(jax.random.key(5), BATCH, 3, SMALL["image_size"], SMALL["z_dim"])
@@ -297,6 +300,7 @@ def test_models_polyphase_and_native_agree():
 # Compilation.
 
 
+@pytest.mark.slow
 def test_jitted_forward_compiles_once():
   """Three calls with different values and a fixed shape trace/compile once."""
   gen = models.Generator(**SMALL)
@@ -321,6 +325,7 @@ def test_jitted_forward_compiles_once():
 # Discriminators.
 
 
+@pytest.mark.slow
 def test_discriminator_shapes():
   disc = models.Discriminator(image_size=32, conv_dim=8)
   kinds = models.KindsDiscriminator(image_size=32, conv_dim=8)
@@ -344,6 +349,7 @@ def test_discriminator_shapes():
   assert all(leaf.shape[0] == 4 for leaf in jax.tree.leaves(state["batch_stats"]))
 
 
+@pytest.mark.slow
 def test_kinds_discriminator_has_per_kind_batch_statistics():
   """Train mode: kind k's logits == a plain Discriminator on kind k alone."""
   size, k, b = 32, 3, 4
@@ -450,6 +456,7 @@ def test_models_module_imports_in_a_fresh_interpreter():
   assert result.stdout.strip() == "Generator"
 
 
+@pytest.mark.slow
 def test_generator_without_mask_network():
   """Ablation: mask is None, the image has the right shape and range."""
   gen = models.Generator(**SMALL, use_mask_net=False)
@@ -462,6 +469,7 @@ def test_generator_without_mask_network():
   assert float(jnp.abs(image).max()) <= 1.0
 
 
+@pytest.mark.slow
 def test_bfloat16_forward_is_finite_with_float32_outputs():
   config = default.get_config()
   config.image_size = SMALL["image_size"]

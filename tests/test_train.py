@@ -161,7 +161,9 @@ def test_other_real_comes_from_outside_the_batch(tiny_data):
     assert not same
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize(
+  "name", [n if n == "small:tiny" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CONFIGS)]
+)
 def test_every_config_builds_and_its_step_traces(name):
   """Each config's model and step trace (shapes only) at its own S on a tiny batch."""
   config = CONFIGS[name]()
