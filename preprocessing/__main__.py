@@ -213,14 +213,19 @@ def content_options(args: argparse.Namespace) -> dict:
 
 
 def command_line(options: dict) -> str:
-  """The one-task command that writes (or completes) the dataset of `options`, with absolute local paths."""
+  """The one-task command that writes (or completes) the dataset of `options`, with absolute local paths.
+
+  Options that cannot change the content (workers, preview, progress bar,
+  tasks) are left out, so the recorded command is the same however the
+  dataset was written.
+  """
 
   def absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
   args = ["python", "-m", "preprocessing"]
   for key, value in options.items():
-    if value is None or value is False or key in run.TASK_OPTIONS:
+    if value is None or value is False or key in ("workers", "preview", "quiet", *run.TASK_OPTIONS):
       continue
     if key in ("output", "boxes", "sed_model"):
       value = absolute(value)

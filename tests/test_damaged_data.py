@@ -139,8 +139,8 @@ from keypatch_jax import input_pipeline, train
 
 real = input_pipeline.train_iterator
 
-def stalled(meta, config, start_step=0):
-  it = real(meta, config, start_step)
+def stalled(meta, config, start_step=0, **kwargs):
+  it = real(meta, config, start_step, **kwargs)
   for _ in range(3):
     yield next(it)
   threading.Event().wait()  # the input never delivers again
