@@ -139,14 +139,12 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 
 def rebuild_hint(info: dict[str, Any], data_dir: str) -> str:
-  """How to rewrite missing or damaged shards of `data_dir`: the preprocessing command recorded in `info`.
-
-  Its `--output` is `data_dir` (the dataset may have been moved since).
-  """
-  args = shlex.split(info.get("command") or "python -m preprocessing --source ... --output DIR")
-  if "--output" in args[:-1]:
-    args[args.index("--output") + 1] = data_dir
-  return f"rerun `{shlex.join(args)}`, which rewrites missing or damaged shards"
+  """How to rewrite missing or damaged shards of `data_dir`: the preprocessing command recorded in
+  `info` (without its output directory), with `--output data_dir`."""
+  args = shlex.split(info.get("command") or "python -m preprocessing --source ...")
+  if "--output" in args[:-1]:  # datasets written when the command held its output
+    del args[args.index("--output") : args.index("--output") + 2]
+  return f"rerun `{shlex.join([*args, '--output', data_dir])}`, which rewrites missing or damaged shards"
 
 
 def split_files(data_dir: str, split: str, info: dict[str, Any] | None = None) -> list[str]:

@@ -213,11 +213,13 @@ def content_options(args: argparse.Namespace) -> dict:
 
 
 def command_line(options: dict) -> str:
-  """The one-task command that writes (or completes) the dataset of `options`, with absolute local paths.
+  """The one-task command that writes (or completes) the dataset of `options`, without its `--output`.
 
-  Options that cannot change the content (workers, preview, progress bar,
-  tasks) are left out, so the recorded command is the same however the
-  dataset was written.
+  Local paths are absolute. The output directory and the options that cannot
+  change the content (workers, preview, progress bar, tasks) are left out, so
+  the recorded command is the same wherever and however the dataset was
+  written; readers add `--output` with the directory they read
+  (`features.rebuild_hint`).
   """
 
   def absolute(path: str) -> str:
@@ -225,9 +227,9 @@ def command_line(options: dict) -> str:
 
   args = ["python", "-m", "preprocessing"]
   for key, value in options.items():
-    if value is None or value is False or key in ("workers", "preview", "quiet", *run.TASK_OPTIONS):
+    if value is None or value is False or key in ("output", "workers", "preview", "quiet", *run.TASK_OPTIONS):
       continue
-    if key in ("output", "boxes", "sed_model"):
+    if key in ("boxes", "sed_model"):
       value = absolute(value)
     elif key == "source" and value.startswith("folder:"):
       value = "folder:" + absolute(value[len("folder:") :])
