@@ -1,8 +1,13 @@
 """Demo: the built-in synthetic faces at 32x32, trained on 2 CPU cores in minutes (configs/small.py).
 
-Run it with `python -m keypatch_jax.demo --workdir WORKDIR`; keypatch_jax/demo.py's
-docstring lists the four commands it runs (preprocess, train with this config
-on WORKDIR/train, sample, evaluate).
+`python -m keypatch_jax.demo --workdir WORKDIR` runs exactly these steps:
+
+  python -m preprocessing --source synthetic --num-images 2000 --image-size 32 \
+      --preview 8 --output WORKDIR/data
+  python -m keypatch_jax.main --config configs/demo.py --workdir WORKDIR/train \
+      --config.data_dir=WORKDIR/data
+  python -m keypatch_jax.sample --workdir WORKDIR/train --data WORKDIR/data --output WORKDIR/samples.png
+  python -m keypatch_jax.evaluate --workdir WORKDIR/train --data WORKDIR/data --output WORKDIR/metrics.json
 """
 
 from configs import small
