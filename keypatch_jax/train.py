@@ -147,7 +147,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     segment = resume.Segment.start(int(state.step), epoch, examples, meta.num_train, config.batch_size)
     logging.info("Resumed from step %d in %s", int(state.step), workdir)
     if old_batch != config.batch_size:
-      logging.info(
+      logging.warning(  # a warning: shown at the default verbosity
         "batch_size %d -> %d: continuing epoch %d at example %d of %d (the λ schedule follows the epoch)",
         old_batch,
         config.batch_size,

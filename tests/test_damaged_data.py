@@ -292,7 +292,7 @@ def test_config_json_is_written_atomically_and_a_damaged_one_is_one_line(tmp_pat
 @pytest.mark.parametrize(
   "name, text, expected",
   [
-    ("missing.py", None, "No such file or directory"),
+    ("missing.py", None, "no such file"),
     ("syntax.py", "def get_config():\n  return (\n", "SyntaxError: '(' was never closed"),
     ("raises.py", "def get_config():\n  raise KeyError('data_dir')\n", "KeyError: 'data_dir'"),
   ],
@@ -310,8 +310,8 @@ def test_config_file_that_does_not_load_is_one_line(tmp_path, name, text, expect
     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
   )
   errors = [line for line in proc.stderr.splitlines() if line.startswith("keypatch_jax.main: error:")]
-  assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  assert f"--config {path}" in errors[0] and expected in errors[0]
+  assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert f"--config {path}" in errors[0] and expected in errors[0], errors[0]
   assert not (tmp_path / "work").exists()
 
 

@@ -134,7 +134,7 @@ def _scalars(workdir: str, tag: str) -> dict[int, float]:
 @pytest.mark.slow
 def test_batch_size_change_continues_the_epoch_with_one_log_line(trained_workdir, tiny_data, tmp_path, caplog):
   workdir = _copy(trained_workdir, tmp_path)  # 4 steps at batch 8 of 80 examples: epoch 0, example 32
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.WARNING)
   config = tiny_config(tiny_data, batch_size=16, num_train_steps=6, log_every_steps=1)
   summary = train.train_and_evaluate(config, workdir)
   assert summary["step"] == 6
