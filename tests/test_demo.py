@@ -28,11 +28,11 @@ def test_config_docstring_and_demo_name_the_same_steps_and_paths():
   ]
 
 
-def _finished_data(workdir, num_images: int, image_size: int = 32) -> str:
+def _finished_data(workdir, num_images: int, image_size: int = 32, source: str = demo.SOURCE) -> str:
   data = os.path.join(workdir, "data")
   os.makedirs(data)
   info = {
-    "source": "synthetic",
+    "source": source,
     "options": {"num_images": num_images},
     "image_size": image_size,
     "num_patches": 3,
@@ -62,13 +62,20 @@ def test_existing_data_is_reused_only_when_it_matches(tmp_path):
     demo.existing_data(data, 2000, 64)
 
 
+def test_data_of_the_earlier_varied_pose_demo_is_not_reused(tmp_path):
+  data = _finished_data(tmp_path, 2000, source="synthetic")
+  with pytest.raises(demo.DemoError, match="source synthetic \\(now synthetic:aligned\\)"):
+    demo.existing_data(data, 2000, 32)
+
+
 def test_last_line_puts_baselines_beside_the_headline_metrics(tmp_path):
   metrics = tmp_path / "metrics.json"
   values = {"mask_iou": 0.645, "blind_mask_iou": 0.589, "image_psnr": 15.2, "blind_image_psnr": 14.8}
+  values.update(masked_psnr=14.7, blind_masked_psnr=13.7)
   metrics.write_text(json.dumps(values))
   line = demo.summary_line({"step": 464, "steps_per_s": 4.33}, str(metrics), 180.0, "s.png", "w")
   assert "mask IoU 0.645 vs 0.589 for a patch-blind mean mask" in line
-  assert "image PSNR 15.2 dB vs 14.8 dB for the train split's mean image" in line
+  assert "masked PSNR 14.7 dB vs 13.7 dB and image PSNR 15.2 dB vs 14.8 dB for the train split's mean image" in line
   rerun = demo.summary_line({"step": 464, "steps_per_s": float("nan")}, str(metrics), 20.0, "s.png", "w")
   assert "nan" not in rerun and "trained earlier" in rerun
 
