@@ -73,7 +73,7 @@ def demo_share(data_dir: str | None, steps: int, eval_every: int, weights: str, 
   from tensorboard.util import tensor_util
 
   from configs import demo
-  from keypatch_jax import checkpoint, inference, input_pipeline, periodic_eval, train, validation
+  from keypatch_jax import checkpoint, dataset_meta, inference, periodic_eval, train, validation
 
   if data_dir is None:
     from preprocessing.__main__ import main as preprocess
@@ -92,7 +92,7 @@ def demo_share(data_dir: str | None, steps: int, eval_every: int, weights: str, 
   acc.Reload()
   eval_s = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors("eval/seconds")]
 
-  meta = input_pipeline.load_meta(data_dir)
+  meta = dataset_meta.load_meta(data_dir)
   plain = demo.get_config()
   plain.data_dir = data_dir
   generator, variables, _, _ = checkpoint.restore_generator(run_dir)
@@ -100,7 +100,7 @@ def demo_share(data_dir: str | None, steps: int, eval_every: int, weights: str, 
   evaluator(variables, 1.0)  # compile
   plain_s = evaluator(variables, 1.0)["seconds"]
 
-  full_steps = validation.num_train_steps(plain, input_pipeline.steps_per_epoch(meta, plain.batch_size))
+  full_steps = validation.num_train_steps(plain, dataset_meta.steps_per_epoch(meta, plain.batch_size))
   evals = full_steps // plain.eval_every_steps
   train_s = full_steps / summary["steps_per_s"]
   kid_s = eval_s[-1]  # steady state: the first evaluation also computes the real features and compiles

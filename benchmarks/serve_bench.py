@@ -6,7 +6,7 @@ For each size: a checkpoint of that config (configs/demo.py at 32x32, or
 configs/default.py, the paper's widths, at 64x64; freshly initialised and
 saved with the checkpoint module unless --workdir-demo / --workdir-64 name a
 trained one: the latency does not depend on the weights), restored and
-compiled as the server does (`serve.Demo`), served by uvicorn in this process.
+compiled as the server does (`interactive.Demo`), served by uvicorn in this process.
 One synthetic 256x256 photo is uploaded (detection timed once), then
 `--repeats` POST /api/generate requests with its first N boxes and a new noise
 seed each are timed on the client: crop + generator + mask/paste + PNG
@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from configs import default, demo
-from keypatch_jax import checkpoint, cli, inference, serve
+from keypatch_jax import checkpoint, cli, inference, interactive, serve
 from preprocessing import synthetic
 
 
@@ -79,7 +79,7 @@ def bench(size: str, workdir: str | None, repeats: int) -> dict:
     workdir = workdir or fresh_workdir(config, os.path.join(tmp, "work"))
     run = inference.load_run(workdir, None)
     s, n = run.config.image_size, run.config.num_patches
-    page = serve.Demo(run, max_patches=n)
+    page = interactive.Demo(run, max_patches=n)
     compile_s = page.compile()
     photo = synthetic.make_face(0, 1, 256)[0]
     import cv2

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from configs import default
-from keypatch_jax import conv_forms, input_pipeline, step, train
+from keypatch_jax import conv_forms, dataset_meta, input_pipeline, step, train
 from keypatch_jax.state import create_train_state
 
 
@@ -108,7 +108,7 @@ def measure_jax(config, repeats: int, warmup: int) -> dict:
 
 def measure_input(data_dir: str, batch_size: int, steps: int = 30) -> float:
   """Images/s of `input_pipeline.train_iterator` on a preprocessed dataset."""
-  meta = input_pipeline.load_meta(data_dir)
+  meta = dataset_meta.load_meta(data_dir)
   config = default.get_config()
   config.image_size, config.num_patches, config.batch_size = meta.image_size, meta.num_patches, batch_size
   it = input_pipeline.train_iterator(meta, config)

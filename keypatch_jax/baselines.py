@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from keypatch_jax import input_pipeline, losses, metrics
+from keypatch_jax import dataset_meta, input_pipeline, losses, metrics
 
 DEFAULT_IMAGES = 2048  # train images averaged (the mean of more barely moves)
 
@@ -32,7 +32,7 @@ class TrainMeans:
   num_images: int
 
 
-def train_means(meta: input_pipeline.DatasetMeta, limit: int | None = DEFAULT_IMAGES) -> TrainMeans:
+def train_means(meta: dataset_meta.DatasetMeta, limit: int | None = DEFAULT_IMAGES) -> TrainMeans:
   """Mean box-union mask and mean image over (the first `limit` images of) the train split.
 
   Raises:
@@ -46,7 +46,7 @@ def train_means(meta: input_pipeline.DatasetMeta, limit: int | None = DEFAULT_IM
     image_sum += batch["image"].sum(axis=0)
     count += batch["image"].shape[0]
   if count == 0:
-    raise input_pipeline.DataConfigError(f"{meta.data_dir}: the train split is empty (no patch-blind baseline)")
+    raise dataset_meta.DataConfigError(f"{meta.data_dir}: the train split is empty (no patch-blind baseline)")
   return TrainMeans((mask_sum / count).astype(np.float32), (image_sum / count).astype(np.float32), count)
 
 

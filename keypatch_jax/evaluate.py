@@ -126,7 +126,7 @@ def evaluate(run, args: argparse.Namespace, extract=None) -> dict[str, float]:
   """
   import jax.numpy as jnp
 
-  from keypatch_jax import baselines, inference, input_pipeline, losses, patches
+  from keypatch_jax import baselines, dataset_meta, inference, input_pipeline, losses, patches
 
   generate = inference.generate_fn(run.generator, batch_stats=args.batch_stats)
   score = discriminator_fn(args.workdir, run.step) if run.config.loss.adversarial else None
@@ -169,7 +169,7 @@ def evaluate(run, args: argparse.Namespace, extract=None) -> dict[str, float]:
         add("d_real_score", d_real)
         add("d_fake_score", d_fake)
   if not per_image:
-    raise input_pipeline.DataConfigError(f"{run.meta.data_dir}: the test split is empty")
+    raise dataset_meta.DataConfigError(f"{run.meta.data_dir}: the test split is empty")
   out = {name: float(np.concatenate(v).mean()) for name, v in per_image.items()}
   out["order_consistency"] = max(consistency)
   out["num_images"] = int(np.concatenate(per_image["mask_iou"]).size)

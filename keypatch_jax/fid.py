@@ -167,7 +167,7 @@ def real_features(
   """Inception features [n, 2048] of (the first `limit` images of) a split, cached beside the dataset.
 
   Args:
-    meta: the dataset's `input_pipeline.DatasetMeta`; the cache file is
+    meta: the dataset's `dataset_meta.DatasetMeta`; the cache file is
       written into its directory.
     extract: `inception.feature_fn(...)` of the weights in `weights_path`.
     weights_path: the Inception weights file (its `weights_id` keys the cache).

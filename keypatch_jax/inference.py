@@ -10,7 +10,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from keypatch_jax import checkpoint, input_pipeline, losses, metrics, models
+from keypatch_jax import checkpoint, dataset_meta, losses, metrics, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Run:
   variables: dict  # {"params", "batch_stats"}
   config: object  # the run's ml_collections.ConfigDict
   step: int
-  meta: input_pipeline.DatasetMeta | None
+  meta: dataset_meta.DatasetMeta | None
 
 
 def load_run(
@@ -48,16 +48,16 @@ def load_run(
   generator, variables, config, step = checkpoint.restore_generator(workdir, step, ema=ema)
   if data_dir is None:
     return Run(generator, variables, config, step, None)
-  meta = input_pipeline.load_meta(data_dir)
+  meta = dataset_meta.load_meta(data_dir)
   if meta.image_size != config.image_size:
-    raise input_pipeline.DataConfigError(
+    raise dataset_meta.DataConfigError(
       f"the checkpoint in {workdir!r} is for {config.image_size}x{config.image_size} images but {data_dir!r} "
       f"has image_size {meta.image_size}"
     )
   n = config.num_patches if num_patches is None else num_patches
   if meta.num_patches != n:
     source = "--num-patches" if num_patches is not None else f"the checkpoint in {workdir!r}"
-    raise input_pipeline.DataConfigError(
+    raise dataset_meta.DataConfigError(
       f"{source} uses N={n} patches but {data_dir!r} stores {meta.num_patches} boxes per image"
     )
   return Run(generator, variables, config, step, meta)

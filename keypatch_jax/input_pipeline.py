@@ -17,12 +17,12 @@ exactly.
 
 Layout: every array of a training batch is [local_devices, per_device_batch,
 ...]; images and patches are float32 in [-1, 1], boxes float32 [.., N, 4]
-(x, y, w, h) in pixels.
+(x, y, w, h) in pixels. What the dataset says about itself (S, N, counts) and
+its checks against the config are in `dataset_meta`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from keypatch_jax import errors, features
+from keypatch_jax import dataset_meta, features
 
 AUTOTUNE = -1
 
@@ -41,78 +41,6 @@ def _tf():
 
   tf.config.set_visible_devices([], "GPU")
   return tf
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetMeta:
-  """What training needs to know about a preprocessed dataset."""
-
-  data_dir: str
-  image_size: int
-  num_patches: int
-  num_train: int
-  num_test: int
-  num_labels: int
-  info: dict
-
-
-class DataConfigError(errors.UserError):
-  """The config and the dataset disagree, or the dataset cannot be used."""
-
-
-def load_meta(data_dir: str, image_size: int | None = None, num_patches: int | None = None) -> DatasetMeta:
-  """Reads `dataset_info.json` and checks it against the expected S and N.
-
-  Raises:
-    features.DatasetFormatError / DataConfigError with a one-line message.
-  """
-  if not data_dir:
-    raise DataConfigError(
-      "config.data_dir is empty; set --config.data_dir=DIR (a directory written by `python -m preprocessing`)"
-    )
-  info = features.read_dataset_info(data_dir)
-  meta = DatasetMeta(
-    data_dir,
-    int(info["image_size"]),
-    int(info["num_patches"]),
-    int(info["counts"].get("train", 0)),
-    int(info["counts"].get("test", 0)),
-    int(info.get("num_labels", 0) or 0),
-    info,
-  )
-  if image_size is not None and meta.image_size != image_size:
-    raise DataConfigError(
-      f"{data_dir}: dataset image_size {meta.image_size} != config "
-      f"image_size {image_size}; set --config.image_size={meta.image_size} "
-      "or preprocess with --image-size"
-    )
-  if num_patches is not None and meta.num_patches != num_patches:
-    raise DataConfigError(
-      f"{data_dir}: dataset num_patches {meta.num_patches} != config "
-      f"num_patches {num_patches}; set --config.num_patches={meta.num_patches}"
-    )
-  return meta
-
-
-def check_shards(meta: DatasetMeta, splits: tuple[str, ...]) -> None:
-  """Checks the shard files of `splits` against `dataset_info.json` (one stat each): see `features.split_files`.
-
-  Raises:
-    features.DatasetFormatError: a missing or wrong-sized shard, named with the command that rebuilds it.
-  """
-  for split in splits:
-    features.split_files(meta.data_dir, split, meta.info)
-
-
-def steps_per_epoch(meta: DatasetMeta, global_batch: int) -> int:
-  """Full global batches per epoch (the last partial batch is dropped)."""
-  steps = meta.num_train // global_batch
-  if steps < 1:
-    raise DataConfigError(
-      f"{meta.data_dir}: {meta.num_train} training images is fewer than one "
-      f"batch of {global_batch}; lower --config.batch_size"
-    )
-  return steps
 
 
 def crop_patches(image, boxes, image_size: int):
@@ -175,7 +103,7 @@ def _records(files: list[str], seed: int | None, cycle_length: int = 8):
   )
 
 
-def find_corrupt_shard(meta: DatasetMeta, files: list[str]) -> tuple[str, int, str] | None:
+def find_corrupt_shard(meta: dataset_meta.DatasetMeta, files: list[str]) -> tuple[str, int, str] | None:
   """The first of `files` that does not read and parse to the end.
 
   Returns:
@@ -195,7 +123,7 @@ def find_corrupt_shard(meta: DatasetMeta, files: list[str]) -> tuple[str, int, s
   return None
 
 
-def _numpy_batches(ds, meta: DatasetMeta, files: list[str]) -> Iterator[dict[str, Any]]:
+def _numpy_batches(ds, meta: dataset_meta.DatasetMeta, files: list[str]) -> Iterator[dict[str, Any]]:
   """`ds.as_numpy_iterator()`, turning a corrupt or truncated shard into a one-line DatasetFormatError."""
   tf = _tf()
   # Bound now, not looked up in `except`: a generator left open is closed at interpreter
@@ -214,7 +142,9 @@ def _numpy_batches(ds, meta: DatasetMeta, files: list[str]) -> Iterator[dict[str
     ) from e
 
 
-def _short_epoch_error(meta: DatasetMeta, epoch: int, got: int, wanted: int) -> features.DatasetFormatError:
+def _short_epoch_error(
+  meta: dataset_meta.DatasetMeta, epoch: int, got: int, wanted: int
+) -> features.DatasetFormatError:
   """The one-line error for an epoch that yielded fewer batches than `dataset_info.json` promises."""
   return features.DatasetFormatError(
     f"{meta.data_dir}: the train shards of this process yielded {got} of the {wanted} batches of epoch {epoch} "
@@ -223,7 +153,7 @@ def _short_epoch_error(meta: DatasetMeta, epoch: int, got: int, wanted: int) -> 
   )
 
 
-def _host_files(meta: DatasetMeta, split: str) -> tuple[list[str], bool]:
+def _host_files(meta: dataset_meta.DatasetMeta, split: str) -> tuple[list[str], bool]:
   """This process's shard files (checked against `dataset_info.json`), and whether records still need `shard()`."""
   files = features.split_files(meta.data_dir, split, meta.info)
   if not files:
@@ -234,7 +164,7 @@ def _host_files(meta: DatasetMeta, split: str) -> tuple[list[str], bool]:
   return files, True
 
 
-def _epoch_stream(meta: DatasetMeta, config, epoch: int, salt: int):
+def _epoch_stream(meta: dataset_meta.DatasetMeta, config, epoch: int, salt: int):
   """One epoch of (index, serialized record) for this host, shuffled by (seed, epoch, salt).
 
   Returns:
@@ -249,7 +179,7 @@ def _epoch_stream(meta: DatasetMeta, config, epoch: int, salt: int):
   return ds.enumerate(), seed
 
 
-def _decode(meta: DatasetMeta, seed: int, flip: bool):
+def _decode(meta: dataset_meta.DatasetMeta, seed: int, flip: bool):
   """The per-example map: parse, scale to [-1, 1], random flip (stateless)."""
   tf = _tf()
   s, n = meta.image_size, meta.num_patches
@@ -265,7 +195,7 @@ def _decode(meta: DatasetMeta, seed: int, flip: bool):
   return fn
 
 
-def _train_dataset(meta: DatasetMeta, config, epoch: int, skip_records: int, host_batch: int):
+def _train_dataset(meta: dataset_meta.DatasetMeta, config, epoch: int, skip_records: int, host_batch: int):
   """tf.data pipeline of one epoch, starting after this host's first `skip_records` records."""
   tf = _tf()
   s = meta.image_size
@@ -343,12 +273,14 @@ def shard_batch(batch: dict[str, Any], num_devices: int) -> dict[str, Any]:
 def host_batch_size(global_batch: int) -> int:
   """This process's share of the global batch; checks divisibility by the devices."""
   if global_batch % jax.device_count():
-    raise DataConfigError(f"--config.batch_size={global_batch} is not divisible by the {jax.device_count()} devices")
+    raise dataset_meta.DataConfigError(
+      f"--config.batch_size={global_batch} is not divisible by the {jax.device_count()} devices"
+    )
   return global_batch // jax.process_count()
 
 
 def train_iterator(
-  meta: DatasetMeta, config, start_step: int = 0, *, position: tuple[int, int] | None = None
+  meta: dataset_meta.DatasetMeta, config, start_step: int = 0, *, position: tuple[int, int] | None = None
 ) -> Iterator[dict[str, Any]]:
   """Endless iterator of device-sharded training batches, from `start_step` (or `position`) on.
 
@@ -372,7 +304,7 @@ def train_iterator(
       nothing).
   """
   host_batch = host_batch_size(config.batch_size)
-  spe = steps_per_epoch(meta, config.batch_size)
+  spe = dataset_meta.steps_per_epoch(meta, config.batch_size)
   if position is None:
     epoch, batches = divmod(start_step, spe)
     position = (epoch, batches * config.batch_size)
@@ -392,7 +324,7 @@ def train_iterator(
 
 
 def eval_batches(
-  meta: DatasetMeta, split: str = "test", batch_size: int = 64, limit: int | None = None
+  meta: dataset_meta.DatasetMeta, split: str = "test", batch_size: int = 64, limit: int | None = None
 ) -> Iterator[dict[str, Any]]:
   """Unshuffled, unflipped batches of a split for sampling and evaluation.
 

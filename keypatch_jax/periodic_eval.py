@@ -35,7 +35,7 @@ class PeriodicEvaluator:
     config: the run's config (`eval_batches`, `batch_size`, `model.z_dim`,
       `image_size`, `inception_weights`, `eval_max_share`,
       `kid_subsets`).
-    meta: the dataset's `input_pipeline.DatasetMeta`.
+    meta: the dataset's `dataset_meta.DatasetMeta`.
     generate: `inference.generate_fn(generator)`: `(variables, patches, z) -> (mask | None, image)`.
     log: where progress lines go.
 

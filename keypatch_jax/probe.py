@@ -49,13 +49,13 @@ def read_labels(path: str) -> dict[bytes, int]:
     DataConfigError: one line naming the file and line of a malformed entry,
       or an id given two different labels.
   """
-  from keypatch_jax import input_pipeline
+  from keypatch_jax import dataset_meta
 
   try:
     with open(path, "rb") as f:
       data = f.read()
   except OSError as e:
-    raise input_pipeline.DataConfigError(f"--labels {path!r}: {e.strerror}") from None
+    raise dataset_meta.DataConfigError(f"--labels {path!r}: {e.strerror}") from None
   out: dict[bytes, int] = {}
   for number, line in enumerate(data.removeprefix(codecs.BOM_UTF8).splitlines(), 1):
     line = line.strip()
@@ -72,11 +72,11 @@ def read_labels(path: str) -> dict[bytes, int]:
         continue
       label = None
     if not comma or not key or label is None or label < -1:
-      raise input_pipeline.DataConfigError(
+      raise dataset_meta.DataConfigError(
         f"{path}:{number}: expected `id,label` with an integer label >= -1, got {line.decode(errors='replace')!r}"
       )
     if out.get(key, label) != label:
-      raise input_pipeline.DataConfigError(f"{path}:{number}: id {key!r} has two labels, {out[key]} and {label}")
+      raise dataset_meta.DataConfigError(f"{path}:{number}: id {key!r} has two labels, {out[key]} and {label}")
     out[key] = label
   return out
 
@@ -85,7 +85,7 @@ def features(run, split: str, limit: int | None, labels: dict[bytes, int] | None
   """(embeddings [M, E], summed patch pixels [M, S*S*3], labels [M], ids [M]) of a split of `run` (an inference.Run)."""
   import jax
 
-  from keypatch_jax import input_pipeline
+  from keypatch_jax import dataset_meta, input_pipeline
 
   encode = jax.jit(
     lambda variables, p: run.generator.apply(variables, p, False, method=run.generator.encode)[-1].reshape(
@@ -102,7 +102,7 @@ def features(run, split: str, limit: int | None, labels: dict[bytes, int] | None
     else:
       lab.append(np.array([labels.get(bytes(i), -1) for i in batch["id"]], np.int64))
   if not emb:
-    raise input_pipeline.DataConfigError(f"{run.meta.data_dir}: the {split} split is empty")
+    raise dataset_meta.DataConfigError(f"{run.meta.data_dir}: the {split} split is empty")
   return np.concatenate(emb), np.concatenate(pix), np.concatenate(lab), ids
 
 
@@ -172,7 +172,7 @@ def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
   preflight.run_and_data(args, output_suffixes=(".json",))  # before anything slow
 
-  from keypatch_jax import inference, input_pipeline
+  from keypatch_jax import dataset_meta, inference
 
   run = inference.load_run(args.workdir, args.data, step=args.step, ema=not args.raw)
   labels = read_labels(args.labels) if args.labels else None
@@ -180,12 +180,12 @@ def _main(argv: Sequence[str] | None) -> int:
   test_e, test_p, test_y, test_ids = features(run, "test", args.limit, labels)
   keep_train, keep_test = train_y >= 0, test_y >= 0
   if labels is not None and not set(labels) & set(train_ids + test_ids):
-    raise input_pipeline.DataConfigError(
+    raise dataset_meta.DataConfigError(
       f"--labels {args.labels!r}: none of its {len(labels)} ids is an id of {args.data!r} "
       f"(ids look like {train_ids[0].decode(errors='replace')!r})"
     )
   if not keep_train.any() or not keep_test.any():
-    raise input_pipeline.DataConfigError(
+    raise dataset_meta.DataConfigError(
       f"{args.data!r} has no labels (every `label` is -1); the probe needs a labelled dataset or --labels FILE"
     )
   for split, keep in (("train", keep_train), ("test", keep_test)):

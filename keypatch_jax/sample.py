@@ -55,7 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def grid_for(run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
   """(the labelled uint8 grid [H, W, 3] the arguments ask for (`visualize.make_grid`), its rows)."""
-  from keypatch_jax import inference, input_pipeline, visualize
+  from keypatch_jax import dataset_meta, inference, input_pipeline, visualize
 
   generate = inference.generate_fn(run.generator, batch_stats=args.batch_stats)
   z_dim = run.config.model.z_dim
@@ -66,7 +66,7 @@ def grid_for(run, args: argparse.Namespace) -> tuple[np.ndarray, int]:
     return visualize.make_grid(sets, _np(mask), np.asarray(image), None, title=title), args.num
   batch = next(input_pipeline.eval_batches(run.meta, "test", batch_size=args.num, limit=args.num), None)
   if batch is None:
-    raise input_pipeline.DataConfigError(f"{run.meta.data_dir}: the test split is empty")
+    raise dataset_meta.DataConfigError(f"{run.meta.data_dir}: the test split is empty")
   sets, _, real = patches.make_patch_sets(
     args.mode, batch["image"], batch["patches"], batch["boxes"], run.meta.info, seed=args.seed, noise=args.noise
   )

@@ -26,6 +26,7 @@ from keypatch_jax import (
   background,
   baselines,
   checkpoint,
+  dataset_meta,
   errors,
   inference,
   input_pipeline,
@@ -93,15 +94,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     evaluations' seconds and share of the run's wall time, final test mask IoU.
 
   Raises:
-    validation.ConfigError, input_pipeline.DataConfigError, features.DatasetFormatError,
+    validation.ConfigError, dataset_meta.DataConfigError, features.DatasetFormatError,
     checkpoint.CheckpointError, inception.WeightsError: bad input, before training starts (one line).
     NonFiniteLossError: a loss became NaN/inf (names the step and the last good checkpoint).
   """
   validate_config(config)
-  meta = input_pipeline.load_meta(config.data_dir, config.image_size, config.num_patches)
-  input_pipeline.check_shards(meta, ("train", "test"))
+  meta = dataset_meta.load_meta(config.data_dir, config.image_size, config.num_patches)
+  dataset_meta.check_shards(meta, ("train", "test"))
   input_pipeline.host_batch_size(config.batch_size)
-  spe = input_pipeline.steps_per_epoch(meta, config.batch_size)
+  spe = dataset_meta.steps_per_epoch(meta, config.batch_size)
   # A rerun: pick the step to resume from and check the config against it, before writing anything.
   resume_step, incomplete = checkpoint.newest_complete_step(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
   if resume_step is None and incomplete:
@@ -313,7 +314,7 @@ def _grid(generate, state: TrainState, batch: dict[str, np.ndarray], z_dim: int)
   )
 
 
-def mask_iou_of_test_split(generate, state: TrainState, meta: input_pipeline.DatasetMeta, config) -> dict[str, float]:
+def mask_iou_of_test_split(generate, state: TrainState, meta: dataset_meta.DatasetMeta, config) -> dict[str, float]:
   """Mean predicted-mask IoU on (up to `config.eval_batches` batches of) the test split.
 
   Returns:

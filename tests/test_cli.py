@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import timeout
 
-from keypatch_jax import checkpoint, cli, config_args, errors, features, input_pipeline, patches, train, validation
+from keypatch_jax import checkpoint, cli, config_args, dataset_meta, errors, features, patches, train, validation
 from preprocessing import sources, writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def _raise(error):
     (errors.UserError("bad  input\n  here"), 1),
     (validation.ConfigError("bad config: batch_size must be > 0"), 1),
     (features.DatasetFormatError("no dataset_info.json"), 1),
-    (input_pipeline.DataConfigError("image_size differs"), 1),
+    (dataset_meta.DataConfigError("image_size differs"), 1),
     (checkpoint.CheckpointError("no checkpoint"), 1),
     (patches.PatchError("no image files"), 1),
     (train.NonFiniteLossError("non-finite loss at step 2"), 1),

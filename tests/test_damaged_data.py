@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import timeout, tiny_config
 
-from keypatch_jax import checkpoint, features, input_pipeline, train, validation
+from keypatch_jax import checkpoint, dataset_meta, features, input_pipeline, train, validation
 from preprocessing import __main__ as cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,8 +86,8 @@ def test_missing_and_truncated_shards_are_one_line_errors_naming_them(sharded_da
   command = shlex.split(message[message.index("`") + 1 : message.rindex("`")])
   assert command[:3] == ["python", "-m", "preprocessing"] and cli.main(command[3:]) == 0
   assert {p: Path(p).read_bytes() for p in shards} == originals
-  meta = input_pipeline.load_meta(data)
-  input_pipeline.check_shards(meta, ("train", "test"))
+  meta = dataset_meta.load_meta(data)
+  dataset_meta.check_shards(meta, ("train", "test"))
 
 
 @pytest.mark.slow
@@ -117,7 +117,7 @@ def test_input_that_yields_nothing_ends_with_an_error(sharded_data, tmp_path):
   del info["shard_files"]
   Path(data, features.INFO_FILE).write_text(json.dumps(info))
   config = tiny_config(data)
-  meta = input_pipeline.load_meta(data)
+  meta = dataset_meta.load_meta(data)
   with pytest.raises(features.DatasetFormatError, match=r"yielded 0 of the \d+ batches of epoch 0") as e:
     _within(120, lambda: next(input_pipeline.train_iterator(meta, config)))
   assert "python -m preprocessing" in str(e.value) and "\n" not in str(e.value)
@@ -126,7 +126,7 @@ def test_input_that_yields_nothing_ends_with_an_error(sharded_data, tmp_path):
   for path in shards2[:2]:
     open(path, "wb").close()
   Path(data2, features.INFO_FILE).write_text(json.dumps(info))
-  meta2 = input_pipeline.load_meta(data2)
+  meta2 = dataset_meta.load_meta(data2)
   with pytest.raises(features.DatasetFormatError, match="batches of epoch 0"):
     _within(120, lambda: list(input_pipeline.train_iterator(meta2, tiny_config(data2))))
 
@@ -204,9 +204,9 @@ def test_unclosed_train_iterator_exits_quietly(sharded_data, tmp_path):
     import sys
     sys.path.insert(0, {str(REPO / "tests")!r})
     from conftest import tiny_config
-    from keypatch_jax import input_pipeline
+    from keypatch_jax import dataset_meta, input_pipeline
     config = tiny_config({sharded_data!r})
-    it = input_pipeline.train_iterator(input_pipeline.load_meta(config.data_dir), config)
+    it = input_pipeline.train_iterator(dataset_meta.load_meta(config.data_dir), config)
     next(it)
     print("OK")
   """)
@@ -228,8 +228,8 @@ def test_no_test_split_skips_the_final_evaluation(tmp_path):
   out = str(tmp_path / "data")
   argv = ["--source", "synthetic", "--num-images", "40", "--image-size", "16", "--test-count", "0"]
   assert cli.main([*argv, "--workers", "1", "--quiet", "--output", out]) == 0
-  meta = input_pipeline.load_meta(out)
-  input_pipeline.check_shards(meta, ("train", "test"))
+  meta = dataset_meta.load_meta(out)
+  dataset_meta.check_shards(meta, ("train", "test"))
   iou = train.mask_iou_of_test_split(None, None, meta, tiny_config(out))
   assert all(v != v for v in iou.values())  # NaN
 
@@ -267,10 +267,10 @@ def test_labels_file_is_read_as_bytes_with_header_bom_and_crlf(tmp_path):
   path.write_bytes(b'\xef\xbb\xbfid,label\r\ncaf\xe9.png,1\r\n"a,b.png",2\r\n\r\nplain.png,0\r\n')
   assert probe.read_labels(str(path)) == {b"caf\xe9.png": 1, b"a,b.png": 2, b"plain.png": 0}
   path.write_bytes(b"a.png,1\na.png,2\n")
-  with pytest.raises(input_pipeline.DataConfigError, match=r"labels.csv:2: id b'a.png' has two labels"):
+  with pytest.raises(dataset_meta.DataConfigError, match=r"labels.csv:2: id b'a.png' has two labels"):
     probe.read_labels(str(path))
   path.write_bytes(b"a.png,1\nb.png,cat\n")
-  with pytest.raises(input_pipeline.DataConfigError, match=r"labels.csv:2: expected `id,label`"):
+  with pytest.raises(dataset_meta.DataConfigError, match=r"labels.csv:2: expected `id,label`"):
     probe.read_labels(str(path))
 
 

@@ -138,7 +138,7 @@ def test_corrupt_shard_is_one_line_error_naming_it(trained_workdir, tiny_data, t
 @pytest.mark.slow
 def test_evaluate_fid_and_kid_per_mode(trained_workdir, tiny_data, inception_weights, tmp_path, capsys):
   """--inception adds FID/KID for key, random, combine and noisy; the real features are cached beside the data."""
-  from keypatch_jax import fid, input_pipeline
+  from keypatch_jax import dataset_meta, fid
 
   data = tmp_path / "data"
   shutil.copytree(tiny_data, data)
@@ -155,7 +155,7 @@ def test_evaluate_fid_and_kid_per_mode(trained_workdir, tiny_data, inception_wei
   assert "combine" in table.splitlines()[0] and any(line.startswith("kid ") for line in table.splitlines())
   assert "cached real-image Inception features" in captured.err
   # A second evaluation reads the cache: computing the real features again would fail here.
-  meta = input_pipeline.load_meta(str(data))
+  meta = dataset_meta.load_meta(str(data))
 
   def no_extract(_):
     raise AssertionError("recomputed")

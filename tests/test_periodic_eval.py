@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from keypatch_jax import input_pipeline, losses, periodic_eval
+from keypatch_jax import dataset_meta, input_pipeline, losses, periodic_eval
 
 
 def _perfect_generate(batches):
@@ -28,7 +28,7 @@ def _setup(tiny_data, **overrides):
   config.batch_size = 8
   config.eval_batches = 2
   config.update(overrides)
-  meta = input_pipeline.load_meta(tiny_data)
+  meta = dataset_meta.load_meta(tiny_data)
   batches = list(input_pipeline.eval_batches(meta, "test", config.batch_size, limit=16))
   return config, meta, batches
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from keypatch_jax import features, input_pipeline, probe
+from keypatch_jax import dataset_meta, features, input_pipeline, probe
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_unlabelled_dataset_is_one_line_error(trained_workdir, tiny_data, tmp_pa
 
 @pytest.mark.slow
 def test_labels_file_overrides_records(trained_workdir, tiny_data, tmp_path, capsys):
-  meta = input_pipeline.load_meta(tiny_data)
+  meta = dataset_meta.load_meta(tiny_data)
   ids = [
     bytes(i).decode()
     for split in ("train", "test")

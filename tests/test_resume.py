@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from keypatch_jax import checkpoint, input_pipeline, losses, resume, train, validation
+from keypatch_jax import checkpoint, dataset_meta, input_pipeline, losses, resume, train, validation
 from keypatch_jax.state import create_train_state
 
 
@@ -109,7 +109,7 @@ def _images(batches) -> np.ndarray:
 
 
 def test_data_continues_at_the_same_example_with_another_batch_size(tiny_data):
-  meta = input_pipeline.load_meta(tiny_data)
+  meta = dataset_meta.load_meta(tiny_data)
   small = tiny_config(tiny_data, batch_size=8)
   it = input_pipeline.train_iterator(meta, small)
   epoch0 = _images([next(it) for _ in range(10)])  # 80 examples

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import timeout
 
-from keypatch_jax import serve
+from keypatch_jax import interactive, serve, uploads
 from preprocessing import synthetic
 
 CHROMIUM = os.environ.get("KEYPATCH_CHROMIUM", "/usr/bin/chromium")
@@ -75,7 +75,7 @@ def test_uploads_in_other_modes_are_converted_to_rgb8(kind):
     "alpha": lambda: _png(np.dstack([bgr, np.full(bgr.shape[:2], 128, np.uint8)])),
     "cmyk": lambda: _cmyk_jpeg(rgb),
   }[kind]()
-  out = serve.decode_upload(data, f"x.{kind}", 10 * serve.MB)
+  out = uploads.decode_upload(data, f"x.{kind}", 10 * uploads.MB)
   assert out.shape == (64, 64, 3) and out.dtype == np.uint8
   if kind in ("16-bit", "alpha"):
     np.testing.assert_array_equal(out, rgb)
@@ -89,14 +89,14 @@ def test_uploads_in_other_modes_are_converted_to_rgb8(kind):
   [
     (b"", "is empty"),
     (b"name,value\n1,2\n", "is not an image"),
-    (b"\x00" * (2 * serve.MB), "over 1 MB, the upload limit"),
+    (b"\x00" * (2 * uploads.MB), "over 1 MB, the upload limit"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", 10_000, 10_000) + b"\x08\x02", "megapixels"),
     (b"\xff\xd8\xff\xe0 a JPEG cut short", "truncated JPEG"),
   ],
 )
 def test_bad_uploads_are_one_line_errors_naming_the_file(data, expected):
-  with pytest.raises(serve.UploadError, match=expected) as e:
-    serve.decode_upload(data, "f.png", serve.MB)
+  with pytest.raises(uploads.UploadError, match=expected) as e:
+    uploads.decode_upload(data, "f.png", uploads.MB)
   assert "'f.png'" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -105,16 +105,16 @@ def test_the_page_proposes_the_boxes_preprocessing_stores():
 
   face = _face(160)
   info = {"options": {"num_patches": 3, "min_side": 128, "scoring": "priors", "max_area": 0.3}}
-  page = serve.detection_settings(info, 32, 6)
+  page = interactive.detection_settings(info, 32, 6)
   assert page.box_filter.max_area == 0.3 and page.box_filter.num_patches == 6
   proposed, (h, w) = worker.detect_boxes(face, page)
-  image, stored = worker.make_example(face, serve.detection_settings(info, 32, 3))
+  image, stored = worker.make_example(face, interactive.detection_settings(info, 32, 3))
   assert len(proposed) > 3
   np.testing.assert_allclose(detect.scale_boxes(proposed[:3], h, w, 32), stored)  # the first N are the stored N
   np.testing.assert_array_equal(worker.model_image(face, page), image)
-  old = serve.detection_settings({"options": {"num_patches": 3}}, 32, 6)  # written before the ranking priors
+  old = interactive.detection_settings({"options": {"num_patches": 3}}, 32, 6)  # written before the ranking priors
   assert old.box_filter.centre_weight == 0 and old.box_filter.border_weight == 0
-  old = serve.detection_settings({"options": {"scoring": "priors"}}, 32, 6)  # written before --selection
+  old = interactive.detection_settings({"options": {"scoring": "priors"}}, 32, 6)  # written before --selection
   assert old.box_filter.selection == "nms" and old.box_filter.centre_weight > 0
 
 
@@ -317,7 +317,7 @@ def test_bad_uploads_show_one_line_and_the_server_lives_on(page, server):
   url, _, proc = server
   cases = [
     ("notes.png", b"this is not an image\nat all\n", "'notes.png' is not an image"),
-    ("big.jpg", b"\xff\xd8\xff" + b"\x00" * (LIMIT_MB * serve.MB + 10), "upload limit"),
+    ("big.jpg", b"\xff\xd8\xff" + b"\x00" * (LIMIT_MB * uploads.MB + 10), "upload limit"),
     ("tiny.png", _png(np.zeros((8, 8, 3), np.uint8)), "at least 32 pixels"),
   ]
   for name, data, expected in cases:

@@ -17,7 +17,7 @@ import pytest
 from conftest import corrupt_copy, timeout, tiny_config
 
 from configs import default, paper, small
-from keypatch_jax import checkpoint, features, input_pipeline, train
+from keypatch_jax import checkpoint, dataset_meta, features, input_pipeline, train
 from keypatch_jax.state import create_train_state
 from keypatch_jax.step import parallelize, replicate, step_fn, unreplicate
 from keypatch_jax.validation import validate_config
@@ -77,7 +77,7 @@ def test_pmap_four_devices_equals_one_device(tiny_data, monkeypatch):
   assert len(cpus) == 4
   monkeypatch.setattr("keypatch_jax.state.make_optimizer", lambda config: optax.sgd(0.01))
   config = tiny_config(tiny_data)
-  meta = input_pipeline.load_meta(tiny_data)
+  meta = dataset_meta.load_meta(tiny_data)
   batch = next(input_pipeline.train_iterator(meta, config))  # [4, 2, ...]
   state = jax.jit(lambda r: create_train_state(config, r))(jax.random.key(0))
   results = {}
@@ -96,7 +96,7 @@ def test_pmap_four_devices_equals_one_device(tiny_data, monkeypatch):
 def test_shard_map_matches_pmap(tiny_data):
   """`config.parallel='shard_map'` runs the same per-device step to the same result."""
   config = tiny_config(tiny_data)
-  meta = input_pipeline.load_meta(tiny_data)
+  meta = dataset_meta.load_meta(tiny_data)
   batch = next(input_pipeline.train_iterator(meta, config))
   state = jax.jit(lambda r: create_train_state(config, r))(jax.random.key(0))
   out = {}
@@ -124,8 +124,8 @@ def test_exact_resume(tiny_data, tmp_path):
 def test_input_pipeline_resumes_at_any_step(tiny_data):
   """The batch stream from step k equals the stream from 0 advanced by k (across epochs)."""
   config = tiny_config(tiny_data)
-  meta = input_pipeline.load_meta(tiny_data)
-  spe = input_pipeline.steps_per_epoch(meta, config.batch_size)
+  meta = dataset_meta.load_meta(tiny_data)
+  spe = dataset_meta.steps_per_epoch(meta, config.batch_size)
   full = input_pipeline.train_iterator(meta, config)
   batches = [next(full) for _ in range(spe + 3)]
   for k in (1, spe + 1):
@@ -151,7 +151,7 @@ def test_flip_keeps_patches_and_boxes_consistent(tiny_data):
 
 def test_other_real_comes_from_outside_the_batch(tiny_data):
   config = tiny_config(tiny_data, batch_size=16)
-  meta = input_pipeline.load_meta(tiny_data)
+  meta = dataset_meta.load_meta(tiny_data)
   it = input_pipeline.train_iterator(meta, config)
   for _ in range(3):
     batch = next(it)
@@ -216,7 +216,7 @@ def _one_step(config, batch):
 
 
 def _host_batch(tiny_data, config):
-  meta = input_pipeline.load_meta(tiny_data)
+  meta = dataset_meta.load_meta(tiny_data)
   batch = next(input_pipeline.train_iterator(meta, config))
   return {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
 
@@ -355,7 +355,7 @@ def test_corrupt_train_shard_names_the_file(tiny_data, tmp_path):
   """Reading a damaged shard raises DatasetFormatError (a one-line CLI error) naming it."""
   data, shard = corrupt_copy(tiny_data, tmp_path, "train")
   config = tiny_config(data)
-  meta = input_pipeline.load_meta(data, config.image_size, config.num_patches)
+  meta = dataset_meta.load_meta(data, config.image_size, config.num_patches)
   assert input_pipeline.find_corrupt_shard(meta, features.split_files(tiny_data, "train")) is None
   with pytest.raises(features.DatasetFormatError, match="rerun") as e:
     for _ in input_pipeline.train_iterator(meta, config):
