@@ -139,7 +139,8 @@ class Demo:
 
     image = uploads.decode_upload(data, name, self.max_bytes)
     if self.settings.center_crop > 0:
-      image = images.center_crop(image, self.settings.center_crop)
+      # The dataset's crop; a smaller upload gets its central square instead.
+      image = images.center_crop(image, min(self.settings.center_crop, *image.shape[:2]))
     if min(image.shape[:2]) < images.MIN_SIDE:
       h, w = image.shape[:2]
       raise uploads.UploadError(

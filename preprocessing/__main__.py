@@ -248,6 +248,38 @@ def _check_sed_model(path: str) -> str | None:
   return None
 
 
+CROP_PROBES = 5  # images `check_center_crop` reads before the run starts
+
+
+def check_center_crop(source: sources.Source, side: int) -> None:
+  """Refuses a `--center-crop` larger than the first few images, before the run starts.
+
+  Reads up to CROP_PROBES items (unreadable ones are skipped: the run counts
+  them). A crop larger than some images of a mixed folder is fine (those are
+  counted as 'smaller_than_crop' rejects); larger than every probed one is
+  almost surely a mistake, e.g. the paper's 108 on CelebA's half-size copies.
+
+  Raises:
+    errors.UsageError: every probed image has a side shorter than `side`.
+  """
+  sizes = []
+  for item in source.items(set(range(min(CROP_PROBES, len(source.ids))))):
+    try:
+      image, _ = sources.load_item(item)
+    except (images.Reject, ValueError, OSError):
+      continue
+    if min(image.shape[:2]) >= side:
+      return
+    sizes.append((source.location(item[0]), image.shape[1], image.shape[0]))
+  if sizes:
+    where, w, h = sizes[0]
+    smallest = min(min(s[1], s[2]) for s in sizes)
+    raise errors.UsageError(
+      f"--center-crop {side}: larger than the first {len(sizes)} images ({where} is {w}x{h}); "
+      f"use --center-crop {smallest} or less (the crop is in pixels of these images)"
+    )
+
+
 def _preprocess(argv: Sequence[str] | None) -> int:
   cli.quiet_logs(cli.verbosity_of(sys.argv[1:] if argv is None else argv))  # before TensorFlow loads
   args = build_parser().parse_args(argv)
@@ -268,6 +300,8 @@ def _preprocess(argv: Sequence[str] | None) -> int:
       print(f"--test-count {args.test_count}: {100 * TEST_FRACTION:.0f}% of the {n} source items (set it to choose)")
   if args.test_count >= n:
     raise errors.UsageError(f"--test-count {args.test_count}: must be smaller than the {n} source items")
+  if args.center_crop:
+    check_center_crop(source, args.center_crop)
   boxes = None
   if args.boxes:
     loaded = boxes_file.load(args.boxes)
@@ -293,8 +327,10 @@ def _preprocess(argv: Sequence[str] | None) -> int:
     return 0
   listed = f", listed in {os.path.join(args.output, info['rejects_file'])}" if rejected else ""
   if c["train"] + c["test"] == 0:
+    crop = " (--center-crop is larger than them)" if info["rejects"].get("smaller_than_crop") == rejected else ""
     raise errors.UserError(
-      f"--source {args.source}: no item decoded as a usable image ({rejected} rejected: {info['rejects']}{listed})"
+      f"--source {args.source}: no item decoded as a usable image{crop} "
+      f"({rejected} rejected: {info['rejects']}{listed})"
     )
   print(
     f"wrote {c['train']} train + {c['test']} test examples to {args.output} "

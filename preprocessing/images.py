@@ -33,6 +33,7 @@ REASONS = (
   "decode_error",  # a known image signature that neither OpenCV nor Pillow decodes
   "too_large",  # more than MAX_PIXELS and not reducible while decoding
   "too_small",  # shorter side < MIN_SIDE pixels
+  "smaller_than_crop",  # --center-crop: a side is shorter than the crop (the crop would not be square)
   "too_few_boxes",  # fewer than N boxes survive the filters (or in the --boxes file's row)
   "no_boxes",  # --boxes: the file has no boxes for this image
   "box_outside_image",  # --boxes: a box leaves the image or is empty
@@ -240,8 +241,15 @@ def check_size(image: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
 
 
 def center_crop(image: np.ndarray, side: int) -> np.ndarray:
-  """Central side x side crop of [H, W, C] (CelebA: 108 of 178 x 218); smaller sides are kept."""
+  """Central side x side crop of [H, W, C] (CelebA: 108 of 178 x 218, paper §4).
+
+  Raises:
+    Reject: 'smaller_than_crop' when H or W is below `side`: the crop would be
+      a different part of the picture, and not square (e.g. `--center-crop 108`
+      on CelebA's half-size 89 x 109 copies, whose paper crop is 54).
+  """
   h, w = image.shape[:2]
-  ch, cw = min(side, h), min(side, w)
-  y0, x0 = (h - ch) // 2, (w - cw) // 2
-  return image[y0 : y0 + ch, x0 : x0 + cw]
+  if min(h, w) < side:
+    raise Reject("smaller_than_crop")
+  y0, x0 = (h - side) // 2, (w - side) // 2
+  return image[y0 : y0 + side, x0 : x0 + side]

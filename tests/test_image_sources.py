@@ -277,3 +277,45 @@ def test_tfds_source_builds_a_real_local_dataset(tmp_path, monkeypatch):
   assert len(status) == 12 and sum(s == "ok" for s in status.values()) >= 9
   assert b"keypatch_tiny_faces/train/0" in status
   assert "--tfds-data-dir" in info["command"]
+
+
+# ---------------------------------------------------------------- --center-crop larger than the images
+
+
+def test_center_crop_is_square_or_a_counted_reject():
+  face = np.zeros((109, 89, 3), np.uint8)
+  assert images.center_crop(face, 54).shape == (54, 54, 3)
+  assert images.center_crop(face, 89).shape == (89, 89, 3)
+  for side in (90, 108):  # taller than wide: the old code kept an 89-wide, non-square crop
+    with pytest.raises(images.Reject) as r:
+      images.center_crop(face, side)
+    assert r.value.reason == "smaller_than_crop"
+
+
+def test_center_crop_larger_than_every_image_is_one_line_before_the_run(tmp_path, capsys):
+  src = tmp_path / "half_size"
+  src.mkdir()
+  for i, face in enumerate(_faces(3)):
+    (src / f"{i:06d}.png").write_bytes(_png(cv2.resize(face, (89, 109))))
+  argv = ["--source", f"folder:{src}", "--output", str(tmp_path / "out"), "--center-crop", "108", "--workers", "1"]
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1
+  assert "--center-crop 108" in err and "000000.png is 89x109" in err and "--center-crop 89 or less" in err
+  assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_images_smaller_than_the_crop_in_a_mixed_folder_are_counted_rejects(tmp_path):
+  src = tmp_path / "mixed"
+  src.mkdir()
+  faces = _faces(4)
+  for i, face in enumerate(faces[:3]):
+    (src / f"big{i}.png").write_bytes(_png(face))  # 128 x 128
+  (src / "small.png").write_bytes(_png(cv2.resize(faces[3], (100, 120))))
+  out = tmp_path / "out"
+  info = _preprocess(src, out, "--center-crop", "110")
+  assert info["rejects"] == {"smaller_than_crop": 1}
+  assert [(r["id"], r["reason"]) for r in _rejects(out, info)] == [("small.png", "smaller_than_crop")]
+  assert info["counts"]["train"] + info["counts"]["test"] == 3
