@@ -56,6 +56,7 @@ def train_step(
   lambda_start: float,
   lambda_end: float,
   lambda_scale: float,
+  spatial_weight: float = 1.0,
   ema_decay: float,
   axis_name: str | None = AXIS,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -126,7 +127,7 @@ def train_step(
           {"params": d.params, "batch_stats": row}, image[None], train=True, mutable=["batch_stats"]
         )
         fake_logits = fake_logits[0]
-      return losses.generator_loss(fake_logits, mask, mask_true, image, real, lam, lam, reduction)
+      return losses.generator_loss(fake_logits, mask, mask_true, image, real, spatial_weight * lam, lam, reduction)
 
     (loss, terms), cotangents = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(mask, image)
     (grads,) = vjp(cotangents)
@@ -178,7 +179,7 @@ def step_fn(config, steps_per_epoch: int, *, step_offset: int = 0, axis_name: st
     step_offset=step_offset,
     axis_name=axis_name,
     **{k: config[k] for k in ("d_steps", "g_steps", "g_first", "num_epochs", "ema_decay")},
-    **{k: config.loss[k] for k in ("reduction", "adversarial", "lambda_start", "lambda_end", "lambda_scale")},
+    **{k: config.loss[k] for k in ("reduction", "adversarial", "lambda_start", "lambda_end", "lambda_scale", "spatial_weight")},
   )
 
 

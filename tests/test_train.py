@@ -361,3 +361,15 @@ def test_corrupt_train_shard_names_the_file(tiny_data, tmp_path):
     for _ in input_pipeline.train_iterator(meta, config):
       pass
   assert shard in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spatial_weight", [1.0, 3.0])
+def test_spatial_weight_scales_lambda_1_only(tiny_data, spatial_weight):
+  """G's objective (eq. 1) is g_adv + spatial_weight·λ·LS + λ·LA (docs/design.md §4.3)."""
+  config = tiny_config(tiny_data, **{"loss.spatial_weight": spatial_weight})
+  _, (_, m) = _one_step(config, _host_batch(tiny_data, config))
+  lam = float(m["lambda"])
+  expected = float(m["g_adv"]) + spatial_weight * lam * float(m["g_spatial"]) + lam * float(m["g_appearance"])
+  assert float(m["g_loss"]) == pytest.approx(expected, rel=1e-5)
+  assert float(m["g_spatial"]) > 0
