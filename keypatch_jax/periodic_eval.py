@@ -27,6 +27,33 @@ import numpy as np
 
 from keypatch_jax import fid, inception, inference, input_pipeline, models
 
+# Below this test mask IoU the predicted masks are (almost) empty: see `empty_mask_warning`.
+EMPTY_MASK_IOU = 0.01
+
+
+def empty_mask_warning(step: int, mask_iou: float, config) -> str | None:
+  """One line when the mask network has collapsed to empty masks, else None.
+
+  The predicted mask multiplies the generated image in the appearance loss
+  (eq. 3), so while G_I is poor that loss pulls the mask towards zero; where
+  the key patches' places vary from image to image (the authors' CelebA boxes)
+  the spatial loss can lose, the sigmoid saturates and the mask stays empty
+  (docs/design.md §4.2). A larger `config.loss.spatial_weight` tips the balance.
+
+  Args:
+    step: the step evaluated.
+    mask_iou: the test split's mean mask IoU (NaN: nothing evaluated, no warning).
+    config: the run's config (`model.use_mask_net`, `loss.spatial_weight`).
+  """
+  if not config.model.use_mask_net or not mask_iou < EMPTY_MASK_IOU:
+    return None
+  weight = config.loss.get("spatial_weight", 1.0)
+  return (
+    f"step {step}: test mask IoU {mask_iou:.3f}: the predicted masks are empty (the appearance loss outweighs "
+    f"the spatial loss, docs/design.md §4.2); if it stays so, train again with "
+    f"--config.loss.spatial_weight={3 * weight:g}"
+  )
+
 
 class PeriodicEvaluator:
   """Test-split metrics of a generator's variables, with the time they cost.

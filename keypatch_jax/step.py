@@ -37,6 +37,10 @@ def _norm(tree) -> jax.Array:
   return optax.global_norm(tree).astype(jnp.float32)
 
 
+# The `config.loss` fields `train_step` takes as keywords.
+LOSS_FIELDS = ("reduction", "adversarial", "lambda_start", "lambda_end", "lambda_scale", "spatial_weight")
+
+
 def train_step(
   state: TrainState,
   batch: dict[str, jax.Array],
@@ -67,6 +71,7 @@ def train_step(
     batch: image, other [b, S, S, 3]; patches [b, N, S, S, 3]; boxes [b, N, 4].
     rng: a base key; the step's randomness is fold_in(rng, step, device).
     generator, discriminator, kinds, ...: statics (bound with functools.partial).
+    spatial_weight: λ1 = spatial_weight·λ and λ2 = λ in eq. 1 (docs/design.md §4.2).
     axis_name: the device axis to average over (None: single device, no pmean).
     step_offset: the epoch of a step is (step + step_offset) // steps_per_epoch
       (`resume.Segment.step_offset`; 0 unless resumed mid-epoch with another batch size).
@@ -179,7 +184,7 @@ def step_fn(config, steps_per_epoch: int, *, step_offset: int = 0, axis_name: st
     step_offset=step_offset,
     axis_name=axis_name,
     **{k: config[k] for k in ("d_steps", "g_steps", "g_first", "num_epochs", "ema_decay")},
-    **{k: config.loss[k] for k in ("reduction", "adversarial", "lambda_start", "lambda_end", "lambda_scale", "spatial_weight")},
+    **{k: config.loss[k] for k in LOSS_FIELDS},
   )
 
 

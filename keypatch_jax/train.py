@@ -254,6 +254,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if scores is not None:
           writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
           console.scores(step, "eval", scores)
+          warning = periodic_eval.empty_mask_warning(step, scores["mask_iou"], config)
+          if warning:
+            logging.warning(warning)
         log_from[1] += evaluator.seconds - before  # images/s counts training time only
       if stop:
         logging.warning("SIGTERM: saved step %d, exiting", step)
@@ -297,6 +300,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       f"{iou['mask_iou_blind']:.3f}){speed}{evals}",
       flush=True,
     )
+    warning = periodic_eval.empty_mask_warning(step, iou["mask_iou"], config)
+    if warning:
+      logging.warning(warning)
   return summary
 
 
