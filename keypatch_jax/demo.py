@@ -81,6 +81,7 @@ def _demo(argv: Sequence[str] | None) -> int:
   if args.epochs is not None:
     config.num_epochs = args.epochs
   start = time.perf_counter()
+  phases: dict[str, float] = {}  # wall seconds of each step, for the last line
   info = existing_data(data, args.num_images, config.image_size)  # before anything slow
   # Imported here, not at the top, so that `--help` and the checks above answer without JAX and TensorFlow.
   from keypatch_jax import evaluate, sample, train
@@ -94,27 +95,42 @@ def _demo(argv: Sequence[str] | None) -> int:
     argv_pre = ["--source", SOURCE, "--num-images", str(args.num_images), "--image-size", str(config.image_size)]
     if preprocess([*argv_pre, "--preview", "8", "--output", data]) != 0:
       return 1
+  phases["preprocessing"] = time.perf_counter() - start
   print(f"[demo 2/4] training configs/demo.py -> {work}", flush=True)
   summary = train.train_and_evaluate(config, work)
+  phases["training"] = time.perf_counter() - start - sum(phases.values())
   samples, metrics = os.path.join(args.workdir, "samples.png"), os.path.join(args.workdir, "metrics.json")
   print(f"[demo 3/4] sampling -> {samples}", flush=True)
   if sample.main(["--workdir", work, "--data", data, "--output", samples, "--num", "8"]) != 0:
     return 1
+  phases["sampling"] = time.perf_counter() - start - sum(phases.values())
   print(f"[demo 4/4] evaluating -> {metrics}", flush=True)
   if evaluate.main(["--workdir", work, "--data", data, "--output", metrics]) != 0:
     return 1
-  print(summary_line(summary, metrics, time.perf_counter() - start, samples, work), flush=True)
+  phases["evaluation"] = time.perf_counter() - start - sum(phases.values())
+  print(summary_line(summary, metrics, time.perf_counter() - start, samples, work, phases), flush=True)
   return 0
 
 
-def summary_line(summary: dict, metrics_path: str, seconds: float, samples: str, work: str) -> str:
-  """The demo's last line: the headline metrics next to their patch-blind baselines."""
+def summary_line(
+  summary: dict, metrics_path: str, seconds: float, samples: str, work: str, phases: dict[str, float] | None = None
+) -> str:
+  """The demo's last line: the headline metrics next to their patch-blind baselines.
+
+  Args:
+    summary: `train.train_and_evaluate`'s summary ("step", "steps_per_s").
+    metrics_path: the evaluate command's JSON.
+    seconds: the demo's wall time.
+    samples, work: paths the line points to.
+    phases: wall seconds of each step by name, shown after the total.
+  """
   with open(metrics_path) as f:
     m = json.load(f)
   rate = summary["steps_per_s"]
   trained = f"{rate:.2f} steps/s" if rate == rate else "trained earlier"
+  split = f" ({', '.join(f'{k} {v:.0f} s' for k, v in phases.items())})" if phases else ""
   return (
-    f"demo done in {seconds:.0f} s: {summary['step']} steps ({trained}); on the test split, mask IoU "
+    f"demo done in {seconds:.0f} s{split}: {summary['step']} steps ({trained}); on the test split, mask IoU "
     f"{m['mask_iou']:.3f} vs {m['blind_mask_iou']:.3f} for a patch-blind mean mask, masked PSNR "
     f"{m['masked_psnr']:.1f} dB vs {m['blind_masked_psnr']:.1f} dB and image PSNR "
     f"{m['image_psnr']:.1f} dB vs {m['blind_image_psnr']:.1f} dB for the train split's mean image; "

@@ -73,7 +73,9 @@ def test_last_line_puts_baselines_beside_the_headline_metrics(tmp_path):
   values = {"mask_iou": 0.645, "blind_mask_iou": 0.589, "image_psnr": 15.2, "blind_image_psnr": 14.8}
   values.update(masked_psnr=14.7, blind_masked_psnr=13.7)
   metrics.write_text(json.dumps(values))
-  line = demo.summary_line({"step": 464, "steps_per_s": 4.33}, str(metrics), 180.0, "s.png", "w")
+  phases = {"preprocessing": 27.4, "training": 120.2, "sampling": 9.6, "evaluation": 22.8}
+  line = demo.summary_line({"step": 464, "steps_per_s": 4.33}, str(metrics), 180.0, "s.png", "w", phases)
+  assert line.startswith("demo done in 180 s (preprocessing 27 s, training 120 s, sampling 10 s, evaluation 23 s): ")
   assert "mask IoU 0.645 vs 0.589 for a patch-blind mean mask" in line
   assert "masked PSNR 14.7 dB vs 13.7 dB and image PSNR 15.2 dB vs 14.8 dB for the train split's mean image" in line
   rerun = demo.summary_line({"step": 464, "steps_per_s": float("nan")}, str(metrics), 20.0, "s.png", "w")
