@@ -45,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.lambda_start = -2.0  # log10 of λ at the first epoch (before `lambda_scale`).
   config.loss.lambda_end = -4.0  # log10 of λ at the last epoch.
   config.loss.lambda_scale = 64.0  # 64 with reduction "mean" matches the official sum over 64 images.
-  config.loss.spatial_weight = 1.0  # λ1 = spatial_weight·λ, λ2 = λ (paper: λ1 = λ2; docs/design.md §4.3).
+  # λ1 = spatial_weight·λ, λ2 = λ. 3: each pixel weighs the same in LS and LA (the official code's L1Loss()
+  # mean over elements); 1: the paper's λ1 = λ2 on our summed terms (empty masks on the authors' CelebA boxes).
+  config.loss.spatial_weight = 3.0
   config.loss.adversarial = True  # False: autoencoder ablation (no discriminator).
 
   # --- Optimisation ---------------------------------------------------------------
