@@ -83,6 +83,26 @@ def check_config_change(old: ml_collections.ConfigDict, new: ml_collections.Conf
   )
 
 
+def describe_changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> str | None:
+  """What a resumed run changes in the workdir's config, as one line (None: nothing).
+
+  Lists the fields whose value differs (they keep the state's shapes, else
+  `check_config_change` has refused them) and the fields the workdir's config
+  lacks, which a newer code version added: they take their current value,
+  which may differ from what the older code did (e.g. `loss.spatial_weight`).
+  """
+  old_flat, new_flat = validation.flatten(old), validation.flatten(new)
+  keys = [k for k in sorted(new_flat) if k != "batch_size"]  # batch_size: its own line (`Segment`)
+  changed = [f"{k} {old_flat[k]!r} -> {new_flat[k]!r}" for k in keys if k in old_flat and old_flat[k] != new_flat[k]]
+  added = [f"{k}={new_flat[k]!r}" for k in keys if k not in old_flat]
+  parts = []
+  if changed:
+    parts.append("changed: " + ", ".join(changed))
+  if added:
+    parts.append("not in the workdir's config (written by an older version), now: " + ", ".join(added))
+  return "; ".join(parts) or None
+
+
 @dataclasses.dataclass(frozen=True)
 class Segment:
   """The data position of every step of one run (from scratch or from a checkpoint) at its batch size.

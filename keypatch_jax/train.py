@@ -114,6 +114,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if resume_step is not None and checkpoint.has_config(workdir):
     old_config = checkpoint.read_config(workdir)
     resume.check_config_change(old_config, config, workdir)
+    changes = resume.describe_changes(old_config, config)
+    if changes:
+      logging.warning("resuming %s from step %d with its config %s", workdir, resume_step, changes)
   segment = resume.Segment.start(0, 0, 0, meta.num_train, config.batch_size)
   generator, _ = models.build_models(config, train=False)
   generate = inference.generate_fn(generator)  # eval mode, running BatchNorm averages

@@ -73,6 +73,20 @@ def test_shape_changing_fields_are_named_before_anything_is_written(trained_work
   resume.check_config_change(checkpoint.read_config(workdir), tiny_config(tiny_data, learning_rate=1e-3), workdir)
 
 
+def test_resume_names_changed_and_newly_added_fields_in_one_line():
+  from configs import tiny
+
+  old = tiny.get_config()
+  del old.loss["spatial_weight"]  # a config.json written before the field existed
+  assert resume.describe_changes(tiny.get_config(), tiny.get_config()) is None
+  new = tiny.get_config()
+  new.learning_rate, new.batch_size = 1e-3, 4
+  line = resume.describe_changes(old, new)
+  assert "\n" not in line and "learning_rate 0.0002 -> 0.001" in line
+  assert "written by an older version), now: loss.spatial_weight=3.0" in line
+  assert "batch_size" not in line  # the batch-size change has its own line
+
+
 @pytest.mark.parametrize("field", sorted(validation.enumerated_fields()))
 def test_enumerated_field_outside_its_set_is_one_line_before_anything_is_written(tiny_data, tmp_path, field):
   workdir = tmp_path / "work"
