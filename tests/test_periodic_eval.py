@@ -80,10 +80,11 @@ def test_due_every_n_steps_within_the_time_budget(tiny_data):
 
 def test_empty_masks_get_one_warning_line_naming_the_switch():
   config = tiny.get_config()
+  config.loss.spatial_weight = 1.0  # the paper's λ1 = λ2
   line = periodic_eval.empty_mask_warning(200, 0.0, config)
   assert line is not None and "\n" not in line
   assert "step 200" in line and "--config.loss.spatial_weight=3" in line
-  config.loss.spatial_weight = 3.0
+  config.loss.spatial_weight = 3.0  # the default
   assert "--config.loss.spatial_weight=9" in periodic_eval.empty_mask_warning(200, 0.004, config)
   assert periodic_eval.empty_mask_warning(200, 0.3, config) is None  # a mask that is learning
   assert periodic_eval.empty_mask_warning(200, float("nan"), config) is None  # nothing evaluated
