@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from configs import default, demo
-from keypatch_jax import checkpoint, cli, inference, interactive, serve
+from keypatch_jax import checkpoint, cli, inference, interactive, state, web_app
 from preprocessing import synthetic
 
 
@@ -43,11 +43,13 @@ def config_for(size: str):
 
 def fresh_workdir(config, workdir: str) -> str:
   """A workdir with a freshly initialised state saved at step 0 (as training writes it)."""
-  state = jax.jit(lambda r: state.create_train_state(config, r))(jax.random.key(0))
+  train_state = jax.jit(lambda r: state.create_train_state(config, r))(jax.random.key(0))
   checkpoint.write_config(workdir, config)
   mngr = checkpoint.manager(workdir)
   meta = {"step": 0, "epoch": 0, "batches_into_epoch": 0, "steps_per_epoch": 1}
-  checkpoint.save(mngr, state, meta | {"image_size": config.image_size, "num_patches": config.num_patches}, force=True)
+  checkpoint.save(
+    mngr, train_state, meta | {"image_size": config.image_size, "num_patches": config.num_patches}, force=True
+  )
   mngr.wait_until_finished()
   mngr.close()
   return workdir
@@ -88,7 +90,7 @@ def bench(size: str, workdir: str | None, repeats: int) -> dict:
     reply = page.add_photo(cv2.imencode(".png", photo[..., ::-1])[1].tobytes(), "face.png")
     detect_s = time.perf_counter() - start
     boxes = reply["boxes"][:n]
-    url, server = serve_in_thread(serve.create_app(page))
+    url, server = serve_in_thread(web_app.create_app(page))
     try:
       latencies, model = [], []
       for seed in range(repeats + 1):

@@ -145,7 +145,14 @@ def test_train_help_lists_flags_and_configs_and_exits_0():
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "module",
-  ["keypatch_jax.sample", "keypatch_jax.evaluate", "keypatch_jax.probe", "keypatch_jax.demo", "preprocessing.__main__"],
+  [
+    "keypatch_jax.sample",
+    "keypatch_jax.evaluate",
+    "keypatch_jax.probe",
+    "keypatch_jax.demo",
+    "keypatch_jax.serve",
+    "preprocessing.__main__",
+  ],
 )
 def test_help_answers_without_importing_jax_or_tensorflow(module):
   report, out, err = _run(module, "main", "--help")
