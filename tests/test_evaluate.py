@@ -96,7 +96,7 @@ def test_help_defines_metrics_and_columns(capsys):
   assert "(default: 64)" in text  # --batch-size shows its default
 
 
-def test_bad_output_is_reported_before_the_checkpoint_is_read(trained_workdir, tiny_data, tmp_path, capsys):
+def test_bad_output_is_reported_before_the_checkpoint_is_read(tiny_data, tmp_path, capsys):
   with pytest.raises(SystemExit) as e:  # a bad option: exit status 2, as argparse's errors
     evaluate.main(["--workdir", str(tmp_path / "no_run"), "--data", tiny_data, "--output", str(tmp_path)])
   assert e.value.code == 2
