@@ -60,9 +60,13 @@ def union_mask(boxes: np.ndarray, size: int = FRAME) -> np.ndarray:
   return mask
 
 
-def union_iou(ours: np.ndarray, theirs: np.ndarray) -> float:
-  a, b = union_mask(ours), union_mask(theirs)
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+  """IoU of two bool masks of one shape (0 when both are empty)."""
   return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def union_iou(ours: np.ndarray, theirs: np.ndarray) -> float:
+  return mask_iou(union_mask(ours), union_mask(theirs))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -155,8 +159,7 @@ def main() -> None:
     rows["best"].append(best_match_iou(boxes, theirs))
     rows["base_union"].append(union_iou(baseline, theirs))
     rows["base_best"].append(best_match_iou(baseline, theirs))
-    v = union_mask(theirs)
-    rows["fixed_union"].append(float((fixed & v).sum() / max((fixed | v).sum(), 1)))
+    rows["fixed_union"].append(mask_iou(fixed, union_mask(theirs)))
     rows["full"] += len(boxes) == n
   seconds = time.perf_counter() - t0
   result = {

@@ -47,7 +47,7 @@ def empty_mask_warning(step: int, mask_iou: float, config) -> str | None:
   """
   if not config.model.use_mask_net or not mask_iou < EMPTY_MASK_IOU:
     return None
-  weight = config.loss.get("spatial_weight", 1.0)
+  weight = config.loss.spatial_weight
   return (
     f"step {step}: test mask IoU {mask_iou:.3f}: the predicted masks are empty (the appearance loss outweighs "
     f"the spatial loss, docs/design.md §4.2); if it stays so, train again with "

@@ -53,6 +53,16 @@ def _state_signature(config) -> list[tuple[str, tuple[int, ...], str]]:
   return [(jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype)) for path, x in leaves]
 
 
+def _changed(old_flat: dict[str, Any], new_flat: dict[str, Any]) -> list[str]:
+  """The dotted fields two flattened configs both have with different values, sorted."""
+  return [k for k in sorted(new_flat) if k in old_flat and old_flat[k] != new_flat[k]]
+
+
+def _change(key: str, old_flat: dict[str, Any], new_flat: dict[str, Any]) -> str:
+  """ "model.conv_dim 8 -> 16": one changed field as the messages name it."""
+  return f"{key} {old_flat[key]!r} -> {new_flat[key]!r}"
+
+
 def check_config_change(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises if `new` changes the shapes or dtypes of the state that `old` (the workdir's config) saved.
 
@@ -65,7 +75,7 @@ def check_config_change(old: ml_collections.ConfigDict, new: ml_collections.Conf
       old and new value.
   """
   old_flat, new_flat = validation.flatten(old), validation.flatten(new)
-  changed = {k: old_flat[k] for k in sorted(new_flat) if k in old_flat and old_flat[k] != new_flat[k]}
+  changed = {k: old_flat[k] for k in _changed(old_flat, new_flat)}
   if not changed:
     return
   before = _with(new, changed)  # the new config with the old values of the changed fields
@@ -76,7 +86,7 @@ def check_config_change(old: ml_collections.ConfigDict, new: ml_collections.Conf
   if reference == _state_signature(new):
     return
   culprits = [k for k in changed if reference is None or _state_signature(_with(before, {k: new_flat[k]})) != reference]
-  fields = ", ".join(f"{k} {old_flat[k]!r} -> {new_flat[k]!r}" for k in culprits or changed)
+  fields = ", ".join(_change(k, old_flat, new_flat) for k in culprits or changed)
   raise validation.ConfigError(
     f"--workdir {workdir} holds checkpoints of another model shape ({fields}); rerun with the old "
     "value(s) or use a new --workdir"
@@ -92,9 +102,9 @@ def describe_changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigD
   which may differ from what the older code did (e.g. `loss.spatial_weight`).
   """
   old_flat, new_flat = validation.flatten(old), validation.flatten(new)
-  keys = [k for k in sorted(new_flat) if k != "batch_size"]  # batch_size: its own line (`Segment`)
-  changed = [f"{k} {old_flat[k]!r} -> {new_flat[k]!r}" for k in keys if k in old_flat and old_flat[k] != new_flat[k]]
-  added = [f"{k}={new_flat[k]!r}" for k in keys if k not in old_flat]
+  # batch_size has its own line (`Segment`).
+  changed = [_change(k, old_flat, new_flat) for k in _changed(old_flat, new_flat) if k != "batch_size"]
+  added = [f"{k}={new_flat[k]!r}" for k in sorted(new_flat) if k not in old_flat and k != "batch_size"]
   parts = []
   if changed:
     parts.append("changed: " + ", ".join(changed))

@@ -60,7 +60,7 @@ def train_step(
   lambda_start: float,
   lambda_end: float,
   lambda_scale: float,
-  spatial_weight: float = 3.0,
+  spatial_weight: float,
   ema_decay: float,
   axis_name: str | None = AXIS,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
