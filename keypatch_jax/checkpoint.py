@@ -15,8 +15,13 @@ go on.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging as logging_lib
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from keypatch_jax import errors, models, preflight
+from keypatch_jax import digests, errors, models, preflight
 from keypatch_jax.state import TrainState, create_train_state
 
 CHECKPOINT_DIR = preflight.CHECKPOINT_DIR
@@ -36,10 +41,19 @@ ITEMS = ("generator", "rest", "meta")
 # The file each item's Orbax handler writes last-but-commit; an item without it cannot be restored.
 ITEM_METADATA = {"generator": "_METADATA", "rest": "_METADATA", "meta": "metadata"}
 INCOMPLETE_DIR = "incomplete_checkpoints"  # where a resumed run moves newer incomplete steps (never deletes)
+DAMAGED_DIR = "damaged_checkpoints"  # where a resumed run moves newer damaged steps (never deletes)
 
 
 class CheckpointError(errors.UserError):
   """No usable checkpoint (one-line message naming the workdir)."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A restored item differs from the digests recorded when its step was saved (`digests.py`)."""
+
+
+class CheckpointSaveError(errors.UserError):
+  """A checkpoint could not be written (disk full, no permission); the run stopped (one line)."""
 
 
 def missing_items(directory: str, step: int, items: tuple[str, ...] = ITEMS) -> list[str]:
@@ -64,15 +78,20 @@ def saved_steps(directory: str) -> list[int]:
   return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(directory) if name.rstrip("/").isdigit())
 
 
-def newest_complete_step(directory: str, items: tuple[str, ...] = ITEMS) -> tuple[int | None, dict[int, list[str]]]:
+def newest_complete_step(
+  directory: str, items: tuple[str, ...] = ITEMS, below: int | None = None
+) -> tuple[int | None, dict[int, list[str]]]:
   """The newest step under `directory` (WORKDIR/checkpoints) holding every one of `items`, and the newer
   steps skipped with what each lacks.
+
+  Args:
+    below: consider only steps before this one.
 
   Returns:
     (step or None when no step is complete, {skipped step: [missing item names]}).
   """
   skipped = {}
-  for step in reversed(saved_steps(directory)):
+  for step in reversed([s for s in saved_steps(directory) if below is None or s < below]):
     missing = missing_items(directory, step, items)
     if not missing:
       return step, skipped
@@ -85,11 +104,11 @@ def describe_skipped(skipped: dict[int, list[str]]) -> str:
   return ", ".join(f"step {s} lacks {' and '.join(m + '/' for m in items)}" for s, items in skipped.items())
 
 
-def set_aside(workdir: str, steps: list[int]) -> str:
-  """Moves checkpoint `steps` to WORKDIR/incomplete_checkpoints/ (so new saves can use their numbers); its path."""
+def set_aside(workdir: str, steps: list[int], folder: str = INCOMPLETE_DIR) -> str:
+  """Moves checkpoint `steps` to WORKDIR/`folder`/ (so new saves can use their numbers); its path."""
   import tensorflow as tf
 
-  target = os.path.join(workdir, INCOMPLETE_DIR)
+  target = os.path.join(workdir, folder)
   tf.io.gfile.makedirs(target)
   for step in steps:
     dest = os.path.join(target, str(step))
@@ -146,9 +165,14 @@ def _join(template: TrainState, generator: dict, rest: dict) -> TrainState:
 
 
 def save(mngr: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any], *, force: bool = False) -> bool:
-  """Saves an unreplicated state asynchronously (numpy copies, primary host writes)."""
+  """Saves an unreplicated state asynchronously (numpy copies, primary host writes).
+
+  `meta` gains "digests": {"generator" | "rest": {leaf path: SHA-256}} of the
+  arrays written (`digests.py`), which `restore` and the readers check.
+  """
   generator, rest = jax.device_get(_split(state))
   step = int(rest["step"])
+  meta = {**meta, "digests": {"generator": digests.tree_digests(generator), "rest": digests.tree_digests(rest)}}
   return mngr.save(
     step,
     args=ocp.args.Composite(
@@ -158,12 +182,104 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any], *
   )
 
 
+# What a failed write says, and what to do about it (`save_error`).
+_SAVE_CAUSES = (
+  ((errno.ENOSPC, errno.EDQUOT), "No space left on device", "the disk is full", "free space"),
+  ((errno.EACCES, errno.EPERM), "Permission denied", "permission denied", "fix the permissions"),
+  ((errno.EROFS,), "Read-only file system", "the file system is read-only", "use a writable --workdir"),
+  ((errno.EFBIG,), "File too large", "a file exceeds the allowed size", "raise the file size limit"),
+)
+
+
+def write_cause(error: BaseException) -> tuple[str, str, str | None] | None:
+  """(cause, what to do, the path when known) of a write error, or None when `error` is none.
+
+  A write error is an `OSError` in the exception's chain, or an error whose
+  text carries the OS's message (TensorStore reports its writes so).
+  """
+  chain, e = [], error
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  os_error = next((e for e in chain if isinstance(e, OSError) and e.errno), None)
+  path = getattr(os_error, "filename", None)
+  text = " ".join(str(e) for e in chain)
+  for codes, marker, cause, advice in _SAVE_CAUSES:
+    if (os_error is not None and os_error.errno in codes) or marker in text:
+      return cause, advice, path
+  if os_error is None:
+    return None
+  return os_error.strerror or str(os_error), "fix it", path
+
+
+def save_error(error: BaseException, step: int | None, workdir: str) -> CheckpointSaveError | None:
+  """The one-line error for a checkpoint save of `step` that raised `error`, or None when it is no write error.
+
+  It names the path, the cause, the last good step (still on disk: Orbax
+  removes old steps only after a save has finished) and what to do.
+  """
+  found = write_cause(error)
+  if found is None:
+    return None
+  cause, advice, path = found
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  path = path or (os.path.join(directory, str(step)) if step is not None else directory)
+  last, _ = newest_complete_step(directory)
+  kept = "none was saved" if last is None else f"the last good checkpoint is step {last}"
+  return CheckpointSaveError(
+    f"saving checkpoint step {step} failed: {cause} ({path!r}); the run stopped and {kept} "
+    f"({advice}, then rerun the same command to resume)"
+  )
+
+
+@contextlib.contextmanager
+def stop_on_write_error(workdir: str, step: int | None):
+  """Turns a write error raised inside (a save of `step`, or waiting for one) into `save_error`'s one line."""
+  try:
+    yield
+  except CheckpointSaveError:
+    raise
+  except Exception as e:
+    failure = save_error(e, step, workdir)
+    if failure is None:
+      raise
+    raise failure from None
+
+
+def check_saves(mngr: ocp.CheckpointManager, workdir: str, step: int | None, *, wait: bool = False) -> None:
+  """Surfaces a failed asynchronous save without waiting for one in progress (`wait`: wait for it).
+
+  Orbax raises a background save's error from `wait_until_finished` (its
+  `check_for_errors` is consumed by the save's own finalize thread), so this
+  calls that once no save is in progress.
+
+  Raises:
+    CheckpointSaveError: the save of `step` (the last one started) failed to write.
+  """
+  with stop_on_write_error(workdir, step):
+    if wait or not mngr.is_saving_in_progress():
+      mngr.wait_until_finished()
+
+
+class WriteErrorLogFilter(logging_lib.Filter):
+  """Drops Orbax's ERROR records (with tracebacks) about a failed write: `save_error` reports it in one line."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    if "orbax" not in record.pathname or not record.exc_info or record.exc_info[1] is None:
+      return True
+    return write_cause(record.exc_info[1]) is None
+
+
 def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
 def restore(mngr: ocp.CheckpointManager, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
-  """Restores the full state (into the structure of `template`) and its meta."""
+  """Restores the full state (into the structure of `template`) and its meta.
+
+  Raises:
+    DamagedCheckpointError: an array differs from the digest its step recorded.
+  """
   step = mngr.latest_step() if step is None else step
   generator, rest = _split(template)
   out = mngr.restore(
@@ -174,7 +290,137 @@ def restore(mngr: ocp.CheckpointManager, template: TrainState, step: int | None 
       meta=ocp.args.JsonRestore(),
     ),
   )
+  verify(out, step, str(mngr.directory))
   return _join(template, out["generator"], out["rest"]), out["meta"]
+
+
+def verify(restored: dict[str, Any], step: int, directory: str) -> None:
+  """Checks restored items against the digests in `restored["meta"]` (a step saved without them passes).
+
+  Raises:
+    DamagedCheckpointError: one line naming the step, the item and the first differing array.
+  """
+  recorded = (restored.get("meta") or {}).get("digests") or {}
+  for item, tree in restored.items():
+    if item == "meta" or item not in recorded:
+      continue
+    bad = digests.mismatches(tree, recorded[item])
+    if bad:
+      raise DamagedCheckpointError(
+        f"checkpoint step {step} in {os.path.dirname(directory.rstrip('/'))!r} is damaged: {len(bad)} array(s) "
+        f"of {item}/ differ from the digests recorded when it was saved (first: {bad[0]})"
+      )
+
+
+def _ignore_closed_loop_callbacks() -> None:
+  """Drops the "Event loop is closed" reports of TensorStore reads that finish after a failed restore gave up.
+
+  When one array of a step cannot be read, Orbax's restore stops and closes
+  its event loop; the other reads still complete and report, through
+  `sys.unraisablehook`, one traceback each (65 for a small generator). Other
+  unraisable errors reach the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "keypatch_quiet", False):
+    return
+
+  def hook(unraisable) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.keypatch_quiet = True
+  sys.unraisablehook = hook
+
+
+def _files(path: str) -> set[str]:
+  """Every file below `path` (empty when it is gone)."""
+  import tensorflow as tf
+
+  try:
+    return {os.path.join(root, f) for root, _, files in tf.io.gfile.walk(path) for f in files}
+  except tf.errors.OpError:
+    return set()
+
+
+def read_newest(
+  workdir: str,
+  read: Callable[[ocp.CheckpointManager, int], Any],
+  step: int | None,
+  items: tuple[str, ...],
+  *,
+  warn_incomplete: bool = True,
+) -> tuple[Any, int, dict[int, str]]:
+  """`read(manager, step)` of the newest step that is complete, intact and still there (docs/design.md §7.3).
+
+  Without `step`, a step whose `read` raises `DamagedCheckpointError` (an
+  array differs from its digest), raises a ValueError or OSError (TensorStore's
+  DATA_LOSS: a damaged index or metadata file), or fails because files of it
+  disappeared meanwhile (a training run deleting old steps, `max_to_keep`), is
+  passed over for the next newest complete one; one warning names every step
+  passed over and why. With `step`, any of these is a `CheckpointError`.
+
+  Args:
+    workdir: a training workdir (local or gs://).
+    read: restores what the caller needs from the read-only manager; raises
+      `DamagedCheckpointError` through `verify`.
+    step: a checkpoint step, or None for the newest usable one.
+    items: the items `read` needs (a step lacking one is incomplete).
+    warn_incomplete: warn about newer incomplete steps passed over (the
+      training loop names them itself).
+
+  Returns:
+    (what `read` returned, its step, {step passed over: why}).
+
+  Raises:
+    CheckpointError: no workdir, no checkpoint, `step` absent, incomplete,
+      damaged or deleted, or no usable step left (one line).
+  """
+  if not os.path.isdir(workdir) and "://" not in workdir:
+    raise CheckpointError(f"workdir {workdir!r} does not exist")
+  mngr = manager(workdir, read_only=True)
+  directory = str(mngr.directory)
+  try:
+    steps = saved_steps(directory)
+    if not steps:
+      raise CheckpointError(
+        f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}; train first or pass the right --workdir"
+      )
+    if step is not None:
+      if step not in steps:
+        raise CheckpointError(f"--step {step} not in {workdir!r} (available: {steps})")
+      if missing := missing_items(directory, step, items):
+        raise CheckpointError(f"--step {step} in {workdir!r}: {describe_skipped({step: missing})}")
+    explicit, passed = step is not None, {}
+    while True:
+      if not explicit:
+        step, skipped = newest_complete_step(directory, items, below=min(passed) if passed else None)
+        if step is None:
+          why = "; ".join([*passed.values(), *([describe_skipped(skipped)] if skipped else [])])
+          raise CheckpointError(f"no usable checkpoint in {workdir!r}: {why}")
+        if skipped and not passed and warn_incomplete:
+          logging.warning("Using checkpoint step %d of %s: %s", step, workdir, describe_skipped(skipped))
+      files = _files(os.path.join(directory, str(step)))
+      try:
+        out = read(mngr, step)
+      except DamagedCheckpointError as e:
+        passed[step] = str(e)
+      except Exception as e:  # a step that lost files meanwhile, or that Orbax cannot decode; the rest re-raises
+        if files - _files(os.path.join(directory, str(step))):
+          passed[step] = f"checkpoint step {step} in {workdir!r} was deleted while it was read"
+        elif isinstance(e, (ValueError, OSError)):  # TensorStore's DATA_LOSS, undecodable metadata
+          _ignore_closed_loop_callbacks()
+          reason = " ".join(str(e).split())[:200]
+          passed[step] = f"checkpoint step {step} in {workdir!r} cannot be read ({type(e).__name__}: {reason})"
+        else:
+          raise
+      else:
+        if passed:
+          logging.warning("%s; using step %d", "; ".join(passed.values()), step)
+        return out, step, passed
+      if explicit:
+        raise CheckpointError(f"--step {step}: {passed[step]}; pass another --step (available: {steps})")
+  finally:
+    mngr.close()
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -253,38 +499,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def _open_step(
-  workdir: str, step: int | None, items: tuple[str, ...]
-) -> tuple[ml_collections.ConfigDict, ocp.CheckpointManager, int]:
-  """The run's config, a read-only manager and the checkpoint step to restore `items` from.
-
-  Without `step`: the newest step that holds `items` (a warning names newer
-  steps that lack them).
-
-  Raises:
-    CheckpointError: no workdir, no checkpoint (with `items`), or `step` not
-      among them or lacking an item.
-  """
-  if not os.path.isdir(workdir) and "://" not in workdir:
-    raise CheckpointError(f"workdir {workdir!r} does not exist")
-  config = read_config(workdir)
-  mngr = manager(workdir, read_only=True)
-  steps = mngr.all_steps()
-  if not steps:
-    raise CheckpointError(
-      f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)!r}; train first or pass the right --workdir"
-    )
-  if step is None:
-    step, skipped = newest_complete_step(str(mngr.directory), items)
-    if step is None:
-      raise CheckpointError(f"no complete checkpoint in {workdir!r}: {describe_skipped(skipped)}")
-    if skipped:
-      logging.warning("Using checkpoint step %d of %s: %s", step, workdir, describe_skipped(skipped))
-  elif step not in steps:
-    raise CheckpointError(f"--step {step} not in {workdir!r} (available: {sorted(steps)})")
-  elif missing := missing_items(str(mngr.directory), step, items):
-    raise CheckpointError(f"--step {step} in {workdir!r}: {describe_skipped({step: missing})}")
-  return config, mngr, step
+def _with_meta(mngr: ocp.CheckpointManager, step: int, **args) -> dict[str, Any]:
+  """`mngr.restore` of the items in `args` plus the step's `meta` (when it has one), verified (`verify`)."""
+  if not missing_items(str(mngr.directory), step, ("meta",)):
+    args["meta"] = ocp.args.JsonRestore()
+  out = mngr.restore(step, args=ocp.args.Composite(**args))
+  verify(out, step, str(mngr.directory))
+  return out
 
 
 def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True):
@@ -292,7 +513,7 @@ def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True
 
   Args:
     workdir: a training workdir.
-    step: checkpoint step (default: the latest).
+    step: checkpoint step (default: the newest complete and intact one, `read_newest`).
     ema: use the EMA parameters (default) instead of the raw ones.
 
   Returns:
@@ -300,9 +521,11 @@ def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True
      config, step).
 
   Raises:
-    CheckpointError: a one-line message when there is no workdir or checkpoint.
+    CheckpointError: a one-line message when there is no workdir or usable checkpoint.
   """
-  config, mngr, step = _open_step(workdir, step, ("generator",))
+  if not os.path.isdir(workdir) and "://" not in workdir:
+    raise CheckpointError(f"workdir {workdir!r} does not exist")
+  config = read_config(workdir)
   generator, _ = models.build_models(config)
   s, n = config.image_size, config.num_patches
   shapes = jax.eval_shape(
@@ -314,9 +537,11 @@ def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True
     )
   )
   abstract = {"params": shapes["params"], "batch_stats": shapes["batch_stats"], "ema_params": shapes["params"]}
-  out = mngr.restore(step, args=ocp.args.Composite(generator=ocp.args.StandardRestore(abstract)))
-  mngr.close()
-  restored = out["generator"]
+
+  def read(mngr, step):
+    return _with_meta(mngr, step, generator=ocp.args.StandardRestore(abstract))["generator"]
+
+  restored, step, _ = read_newest(workdir, read, step, ("generator",))
   params = restored["ema_params"] if ema else restored["params"]
   return generator, {"params": params, "batch_stats": restored["batch_stats"]}, config, step
 
@@ -326,24 +551,26 @@ def restore_discriminator(workdir: str, step: int | None = None):
 
   Partial restore of the `rest` item: only its "d" params and batch_stats are
   read (`PyTreeRestore(partial_restore=True)`); the Adam states are skipped.
+  The arrays read are checked against the step's digests.
 
   Returns:
     (KindsDiscriminator, variables {"params", "batch_stats"} with the per-kind
      statistics [K, ...], config, step).
 
   Raises:
-    CheckpointError: a one-line message when there is no workdir or checkpoint.
+    CheckpointError: a one-line message when there is no workdir or usable checkpoint.
   """
-  config, mngr, step = _open_step(workdir, step, ("rest",))
+  if not os.path.isdir(workdir) and "://" not in workdir:
+    raise CheckpointError(f"workdir {workdir!r} does not exist")
+  config = read_config(workdir)
   _, rest = _split(jax.eval_shape(lambda: create_train_state(config, jax.random.key(0))))
-  wanted = {"d": {"params": rest["d"]["params"], "batch_stats": rest["d"]["batch_stats"]}}
-  wanted = _abstract(wanted)
+  wanted = _abstract({"d": {"params": rest["d"]["params"], "batch_stats": rest["d"]["batch_stats"]}})
   restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  out = mngr.restore(
-    step,
-    args=ocp.args.Composite(rest=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)),
-  )
-  mngr.close()
-  d = out["rest"]["d"]
+
+  def read(mngr, step):
+    args = ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True)
+    return _with_meta(mngr, step, rest=args)["rest"]["d"]
+
+  d, step, _ = read_newest(workdir, read, step, ("rest",))
   _, discriminator = models.build_models(config)
   return discriminator, {"params": d["params"], "batch_stats": d["batch_stats"]}, config, step

@@ -38,7 +38,8 @@ DEFINITIONS = {
   "masked_psnr": "PSNR in dB of generated vs real inside the true box union (peak-to-peak 2); higher is closer",
   "image_l1": "mean |generated - real| over the whole image; 0 is perfect",
   "image_psnr": "PSNR in dB of generated vs real over the whole image; higher is closer",
-  "fid": "Frechet Inception distance of the generated images to the test images (with --inception); 0 is equal",
+  "fid": "Frechet Inception distance of the generated images to the test images (with --inception; needs more "
+  "images than the 2048 features, else left out); 0 is equal",
   "kid": "kernel Inception distance, unbiased, mean over subsets (with --inception); 0 is equal",
   "kid_std": "standard deviation of kid over the subsets",
   "fid_num_images": "generated images in fid/kid (combine skips batches smaller than N)",
@@ -181,20 +182,27 @@ def evaluate(run, args: argparse.Namespace, extract=None) -> dict[str, float]:
 
 
 def distribution_scores(meta, extract, features: dict[str, list[np.ndarray]], args: argparse.Namespace) -> dict:
-  """{prefix + 'fid' | 'kid' | 'kid_std' | 'fid_num_images'} per mode against the test images' (cached) features."""
+  """{prefix + 'fid' | 'kid' | 'kid_std' | 'fid_num_images'} per mode against the test images' (cached) features.
+
+  A figure not defined for the images there are (FID below 2049, KID below 2:
+  `fid.distribution_metrics`) is left out, with one warning line saying why.
+  """
   from keypatch_jax import fid
 
   real = fid.real_features(
     meta, extract, args.inception, limit=args.limit, batch_size=args.batch_size, log=lambda m: print(m, file=sys.stderr)
   )
-  out = {}
+  out, notes = {}, []
   for mode, prefix in PREFIXES.items():
     if not features[mode]:
       continue
     fake = np.concatenate(features[mode])
-    scores = fid.distribution_metrics(real, fake, args.kid_subsets, args.kid_subset_size)
+    scores, missing = fid.distribution_metrics(real, fake, args.kid_subsets, args.kid_subset_size)
     out.update({prefix + k: v for k, v in scores.items()})
     out[prefix + "fid_num_images"] = int(fake.shape[0])
+    notes += missing
+  for note in dict.fromkeys(notes):  # each reason once, not once per patch mode
+    print(f"{PROG}: warning: {note}", file=sys.stderr)
   return out
 
 

@@ -148,10 +148,52 @@ def cached_features(
   return features
 
 
-def distribution_metrics(real: np.ndarray, fake: np.ndarray, kid_subsets: int = 100, kid_subset_size: int = 1000):
-  """{'fid', 'kid', 'kid_std'} between real and generated features [n, 2048]."""
-  kid_mean, kid_std = kid(real, fake, kid_subsets, kid_subset_size)
-  return {"fid": fid(real, fake), "kid": kid_mean, "kid_std": kid_std}
+def fid_undefined(num_real: int, num_fake: int, dim: int) -> str | None:
+  """Why FID is not defined for sets of `num_real` and `num_fake` features of size `dim`, or None.
+
+  A covariance of n samples has rank at most n - 1: below dim + 1 images it is
+  singular, the matrix square root of the product is not a real matrix, and
+  the number FID would print depends on the eps offset, not on the images.
+  """
+  if min(num_real, num_fake) > dim:
+    return None
+  return (
+    f"FID not reported: it needs at least {dim + 1} images per set (more than the {dim} Inception features, "
+    f"else the covariances are singular), here {num_real} real and {num_fake} generated; KID is unbiased at "
+    "any size"
+  )
+
+
+def kid_undefined(num_real: int, num_fake: int) -> str | None:
+  """Why KID is not defined for these set sizes (fewer than 2 images in one), or None."""
+  if min(num_real, num_fake) >= 2:
+    return None
+  return f"KID not reported: it needs at least 2 images per set, here {num_real} real and {num_fake} generated"
+
+
+def distribution_metrics(
+  real: np.ndarray, fake: np.ndarray, kid_subsets: int = 100, kid_subset_size: int = 1000
+) -> tuple[dict[str, float], list[str]]:
+  """({'fid', 'kid', 'kid_std'} between real and generated features [n, d], [why each missing one is missing]).
+
+  FID is left out below d + 1 images per set (`fid_undefined`) or when the
+  covariances' root is not real (`frechet_distance`'s ValueError); KID below 2.
+  """
+  out, missing = {}, []
+  why = kid_undefined(len(real), len(fake))
+  if why is None:
+    out["kid"], out["kid_std"] = kid(real, fake, kid_subsets, kid_subset_size)
+  else:
+    missing.append(why)
+  why = fid_undefined(len(real), len(fake), real.shape[1])
+  if why is None:
+    try:
+      out["fid"] = fid(real, fake)
+    except ValueError as e:
+      why = f"FID not reported: {e}"
+  if why is not None:
+    missing.append(why)
+  return out, missing
 
 
 def real_features(

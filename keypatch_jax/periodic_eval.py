@@ -7,6 +7,8 @@ Each evaluation generates from the key patches of the first
   eval/masked_psnr   generated vs real image inside the true mask, dB, mean
   eval/kid           KID (x 1) against the same test images, with eval/kid_std,
                      when `config.inception_weights` names pytorch-fid's file
+                     (and there are 2 test images or more; FID, which needs
+                     2049, is left to `evaluate`)
   eval/seconds       this evaluation's wall time
   eval/share         all evaluations' time / the run's wall time so far
 
@@ -76,6 +78,7 @@ class PeriodicEvaluator:
     self.seconds = 0.0  # all evaluations so far, including the real features
     self.limit = config.eval_batches * config.batch_size
     self.extract = self.real = None
+    self.kid_skipped = False
     if config.inception_weights:
       weights = inception.load_weights(config.inception_weights, flag="--config.inception_weights")
       self.extract = inception.feature_fn(weights)
@@ -139,5 +142,10 @@ class PeriodicEvaluator:
       if should_stop():
         return None
       fake = self.extract(images)
-      out["kid"], out["kid_std"] = fid.kid(self.real, fake, num_subsets=config.kid_subsets)
+      why = fid.kid_undefined(len(self.real), len(fake))
+      if why is None:
+        out["kid"], out["kid_std"] = fid.kid(self.real, fake, num_subsets=config.kid_subsets)
+      elif not self.kid_skipped:  # said once per run
+        self.kid_skipped = True
+        self.log(f"eval: {why} (test split too small)")
     return out

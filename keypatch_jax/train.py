@@ -8,6 +8,7 @@ data-parallel step of `step.py` and reports the test-split mask IoU through
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -37,6 +38,7 @@ from keypatch_jax import (
   progress,
   resume,
   visualize,
+  workdir_lock,
 )
 from keypatch_jax.state import TrainState, create_train_state
 from keypatch_jax.step import AXIS, parallelize, replicate, step_fn, unreplicate
@@ -47,6 +49,24 @@ GRID_EXAMPLES = 8  # training examples shown in the TensorBoard image grid
 
 class NonFiniteLossError(errors.UserError):
   """A loss became NaN/inf; the run stopped and the last good checkpoint is left intact."""
+
+
+class OutOfMemoryError(errors.UserError):
+  """The step did not fit in the accelerator's memory (one line naming the batch size)."""
+
+
+def out_of_memory_error(error: Exception, config, step: int) -> OutOfMemoryError | None:
+  """The one-line error for XLA's RESOURCE_EXHAUSTED while compiling or running `step`, else None."""
+  text = str(error)
+  if "RESOURCE_EXHAUSTED" not in text:
+    return None
+  xla = text.split("RESOURCE_EXHAUSTED", 1)[1].lstrip(": ").splitlines()[0][:160]
+  devices, batch = jax.device_count(), config.batch_size
+  return OutOfMemoryError(
+    f"out of {jax.default_backend()} memory at step {step}: --config.batch_size={batch} is {batch // devices} "
+    f"images per device on {devices} device(s) (XLA: {xla}); lower --config.batch_size (e.g. "
+    f"{max(devices, batch // 2 // devices * devices)}), try --config.model.dtype=bfloat16, or use more devices"
+  )
 
 
 class CompileCounter:
@@ -102,6 +122,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   meta = dataset_meta.load_meta(config.data_dir, config.image_size, config.num_patches)
   dataset_meta.check_shards(meta, ("train", "test"))
   input_pipeline.host_batch_size(config.batch_size)
+  quiet = checkpoint.WriteErrorLogFilter() if logging.get_verbosity() < 0 else None  # save errors: one line
+  absl_logger = logging.get_absl_logger()
+  with workdir_lock.hold(workdir):  # one run per workdir, taken before anything is read or written there
+    if quiet is not None:
+      absl_logger.addFilter(quiet)
+    try:
+      return _train(config, workdir, meta)
+    finally:
+      absl_logger.removeFilter(quiet)
+
+
+def _train(config, workdir: str, meta: dataset_meta.DatasetMeta) -> dict[str, Any]:
+  """`train_and_evaluate` once the config and data are checked and the workdir is locked."""
   spe = dataset_meta.steps_per_epoch(meta, config.batch_size)
   # A rerun: pick the step to resume from and check the config against it, before writing anything.
   resume_step, incomplete = checkpoint.newest_complete_step(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
@@ -140,12 +173,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   state = jax.jit(functools.partial(create_train_state, config))(init_rng)
+  damaged = {}
   if resume_step is not None:  # resume: check, restore the state, then the data position from its meta
-    reader = checkpoint.manager(workdir, read_only=True)
-    saved = checkpoint.read_meta(reader, resume_step)
-    checkpoint.check_resumable(saved, {**position(0), "step": resume_step}, workdir)
-    state, _ = checkpoint.restore(reader, state, resume_step)
-    reader.close()
+
+    def read(reader, step):
+      saved = checkpoint.read_meta(reader, step)
+      checkpoint.check_resumable(saved, {**position(0), "step": step}, workdir)
+      return checkpoint.restore(reader, state, step)  # checks the digests
+
+    # A damaged step (or, under another reader, one deleted meanwhile) is named and passed over.
+    (state, saved), resume_step, damaged = checkpoint.read_newest(
+      workdir, read, None, checkpoint.ITEMS, warn_incomplete=False
+    )
+    ckpts = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    newer = [s for s in checkpoint.saved_steps(ckpts) if s > resume_step and s not in damaged]
+    incomplete = {s: checkpoint.missing_items(ckpts, s) for s in newer}  # all the newer steps left are
     old_batch = config.batch_size if old_config is None else int(old_config.batch_size)
     epoch, examples = resume.checkpoint_position(saved, old_batch)
     segment = resume.Segment.start(int(state.step), epoch, examples, meta.num_train, config.batch_size)
@@ -166,6 +208,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       logging.warning(
         "Resuming from step %d: %s (moved to %s)", resume_step, checkpoint.describe_skipped(incomplete), moved
       )
+    if damaged:  # out of the way of new saves, kept for inspection
+      moved = checkpoint.set_aside(workdir, sorted(damaged), checkpoint.DAMAGED_DIR)
+      logging.warning("Resuming from step %d: moved damaged step(s) %s to %s", resume_step, sorted(damaged), moved)
   mngr = checkpoint.manager(workdir, max_to_keep=config.max_to_keep, save_every=config.checkpoint_every_steps)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   total = num_train_steps(config, segment)
@@ -189,6 +234,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   grid_batch = None
   log_from = [start, 0.0]  # (step, time) of the previous log line, for images/s
   run_start = time.perf_counter()
+
+  def save(step: int, force: bool) -> int:
+    """Saves `step` once the previous save has finished (Orbax waits for it anyway); a write error stops the run."""
+    checkpoint.check_saves(mngr, workdir, last_saved, wait=True)
+    with checkpoint.stop_on_write_error(workdir, step):
+      checkpoint.save(mngr, unreplicate(pstate), position(step), force=force)
+    return step
 
   def check(pending_metrics, step):
     """Fetches pending step metrics; raises on a non-finite loss."""
@@ -216,10 +268,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if step > (start if last_saved is None else last_saved):
           check(pending, step)
           pending = []
-          checkpoint.save(mngr, unreplicate(pstate), position(step), force=True)
-          last_saved = step
+          last_saved = save(step, force=True)
         logging.warning("SIGTERM while waiting for input: saved step %d, exiting", step)
         break
+      checkpoint.check_saves(mngr, workdir, last_saved)  # a failed async save stops the run here
       counter.active = True
       pstate, step_metrics = p_step(pstate, batch, step_rng)
       counter.active = False
@@ -248,8 +300,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if step % config.checkpoint_every_steps == 0 or last:
         check(pending, step)
         pending = []
-        checkpoint.save(mngr, unreplicate(pstate), position(step), force=last)
-        last_saved = step
+        last_saved = save(step, force=last)
       if not stop and evaluator.due(step, time.perf_counter() - run_start):
         before = evaluator.seconds
         variables = _sampling_variables(unreplicate(pstate))
@@ -264,11 +315,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if stop:
         logging.warning("SIGTERM: saved step %d, exiting", step)
         break
+  except jax.errors.JaxRuntimeError as e:
+    oom = out_of_memory_error(e, config, step)
+    if oom is None:
+      raise
+    raise oom from None
+  except BaseException:
+    with contextlib.suppress(Exception):  # the error in flight is the one to report
+      mngr.wait_until_finished()
+    raise
   finally:
     signal.signal(signal.SIGTERM, previous)
     inputs.close()
-    mngr.wait_until_finished()
     writer.flush()
+  checkpoint.check_saves(mngr, workdir, last_saved, wait=True)
 
   wall = time.perf_counter() - run_start
   elapsed = time.perf_counter() - t0 - evaluator.seconds if t0 is not None else 0.0  # training only

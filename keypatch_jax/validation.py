@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -40,11 +42,62 @@ def enumerated_fields() -> dict[str, tuple[str, ...]]:
   }
 
 
+def _get(config, path: str) -> Any:
+  node = config
+  for key in path.split("."):
+    node = node.get(key) if hasattr(node, "get") else None
+  return node
+
+
+def _number(value: Any) -> bool:
+  """A finite int or float (not a bool, NaN or inf)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+  return float(value).is_integer()
+
+
+# Every numeric field of configs/default.py: (field, test, what it must be), checked before anything is written.
+RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+  ("image_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("num_patches", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("shuffle_buffer", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("prefetch", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("model.conv_dim", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("model.embed_dim", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("model.z_dim", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("loss.lambda_start", lambda v: -30 <= v <= 30, "a finite log10 of λ in [-30, 30]"),
+  ("loss.lambda_end", lambda v: -30 <= v <= 30, "a finite log10 of λ in [-30, 30]"),
+  ("loss.lambda_scale", lambda v: v > 0, "a finite number > 0"),
+  ("loss.spatial_weight", lambda v: v > 0, "a finite number > 0"),
+  ("learning_rate", lambda v: v > 0, "a finite number > 0 (a negative one ascends the loss)"),
+  ("b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+  ("b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+  ("d_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+  ("g_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
+  ("batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("num_epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+  ("num_train_steps", lambda v: _integer(v) and (v == -1 or v >= 1), "-1 (use num_epochs) or an integer >= 1"),
+  ("seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
+  ("log_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("image_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("checkpoint_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("max_to_keep", lambda v: _integer(v) and v >= 1, "an integer >= 1 (checkpoints kept)"),
+  ("eval_batches", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("eval_every_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: no evaluation during training)"),
+  ("eval_max_share", lambda v: 0 < v <= 1, "in (0, 1]"),
+  ("kid_subsets", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+)
+
+
 def validate_config(config) -> None:
   """Checks the fields a run depends on, before anything is written.
 
   Every field of `configs/default.py` must be present; every enumerated field
-  (`enumerated_fields`) must hold one of its values.
+  (`enumerated_fields`) must hold one of its values; every numeric field must
+  be finite and in its range (`RANGES`).
 
   Raises:
     ConfigError: "bad config: <field> ...", one line naming the field.
@@ -58,28 +111,19 @@ def validate_config(config) -> None:
       f"bad config: it has no {', '.join(missing[:6])}{more}; start config files from configs/default.get_config()"
     )
   for path, allowed in enumerated_fields().items():
-    node = config
-    for key in path.split("."):
-      node = node.get(key) if hasattr(node, "get") else None
+    node = _get(config, path)
     if node is not None and node not in allowed:
       raise ConfigError(f"bad config: {path}={node!r} is not one of {', '.join(allowed)}")
+  for path, ok, requirement in RANGES:
+    value = _get(config, path)
+    if not _number(value) or not ok(value):
+      raise ConfigError(f"bad config: {path}={value!r} must be {requirement}")
   checks = [
-    (config.batch_size > 0, "batch_size must be > 0"),
-    (config.num_patches >= 1, "num_patches must be >= 1"),
-    (config.g_steps >= 1 and config.d_steps >= 0, "need g_steps >= 1 and d_steps >= 0"),
     (config.num_epochs >= 1 or config.num_train_steps > 0, "num_epochs must be >= 1 (or set num_train_steps > 0)"),
     (
       set(config.loss.fakes) <= set(losses.ALL_FAKES) and "G" in config.loss.fakes,
       f"loss.fakes must include 'G' and be a subset of {losses.ALL_FAKES}",
     ),
-    (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
-    (
-      config.log_every_steps > 0 and config.checkpoint_every_steps > 0,
-      "log_every_steps and checkpoint_every_steps must be > 0",
-    ),
-    (config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0: no evaluation during training)"),
-    (0.0 < config.eval_max_share <= 1.0, "eval_max_share must be in (0, 1]"),
-    (config.kid_subsets >= 1, "kid_subsets must be >= 1"),
   ]
   for ok, message in checks:
     if not ok:
