@@ -312,13 +312,14 @@ def verify(restored: dict[str, Any], step: int, directory: str) -> None:
       )
 
 
-def _ignore_closed_loop_callbacks() -> None:
-  """Drops the "Event loop is closed" reports of TensorStore reads that finish after a failed restore gave up.
+def ignore_closed_loop_callbacks() -> None:
+  """Drops the "Event loop is closed" reports of TensorStore operations that finish after Orbax gave up.
 
-  When one array of a step cannot be read, Orbax's restore stops and closes
-  its event loop; the other reads still complete and report, through
-  `sys.unraisablehook`, one traceback each (65 for a small generator). Other
-  unraisable errors reach the previous hook.
+  When one array of a step cannot be read (or written: disk full), Orbax stops
+  and closes its event loop; the other TensorStore operations still complete
+  and report, through `sys.unraisablehook`, one traceback each (65 for the
+  tiny generator, 75 for a failed tiny save). Other unraisable errors reach
+  the previous hook.
   """
   previous = sys.unraisablehook
   if getattr(previous, "keypatch_quiet", False):
@@ -408,7 +409,7 @@ def read_newest(
         if files - _files(os.path.join(directory, str(step))):
           passed[step] = f"checkpoint step {step} in {workdir!r} was deleted while it was read"
         elif isinstance(e, (ValueError, OSError)):  # TensorStore's DATA_LOSS, undecodable metadata
-          _ignore_closed_loop_callbacks()
+          ignore_closed_loop_callbacks()
           reason = " ".join(str(e).split())[:200]
           passed[step] = f"checkpoint step {step} in {workdir!r} cannot be read ({type(e).__name__}: {reason})"
         else:

@@ -123,6 +123,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   dataset_meta.check_shards(meta, ("train", "test"))
   input_pipeline.host_batch_size(config.batch_size)
   quiet = checkpoint.WriteErrorLogFilter() if logging.get_verbosity() < 0 else None  # save errors: one line
+  checkpoint.ignore_closed_loop_callbacks()
   absl_logger = logging.get_absl_logger()
   with workdir_lock.hold(workdir):  # one run per workdir, taken before anything is read or written there
     if quiet is not None:

@@ -179,6 +179,7 @@ class WorkdirLock:
       if not is_gone(holder):
         raise self._busy(holder, remote=True)
       self._took_over(holder)
+      tf.io.gfile.remove(self.path)
     self._mine = this_process()
     with tf.io.gfile.GFile(self.path, "w") as f:
       f.write(json.dumps(self._mine))
