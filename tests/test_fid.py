@@ -149,3 +149,14 @@ def test_weights_id_changes_with_the_file(tmp_path):
   path.write_bytes(b"b" * 100)
   os.utime(path, ns=(1, 1))
   assert fid.weights_id(str(path)) != first
+
+
+def test_distribution_metrics_leave_out_fid_below_the_feature_dimension():
+  """n <= d: the covariances are singular and FID is left out with the count it needs; KID stays."""
+  a, b = _features(0, 20, 32), _features(1, 20, 32, shift=0.1)
+  scores, missing = fid.distribution_metrics(a, b, kid_subsets=5)
+  assert set(scores) == {"kid", "kid_std"} and len(missing) == 1 and "at least 33 images" in missing[0]
+  scores, missing = fid.distribution_metrics(_features(0, 40, 32), _features(1, 40, 32), kid_subsets=5)
+  assert set(scores) == {"fid", "kid", "kid_std"} and not missing
+  scores, missing = fid.distribution_metrics(a[:1], b, kid_subsets=5)
+  assert scores == {} and [m.split(":")[0] for m in missing] == ["KID not reported", "FID not reported"]
