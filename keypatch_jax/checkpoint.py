@@ -262,10 +262,12 @@ def check_saves(mngr: ocp.CheckpointManager, workdir: str, step: int | None, *, 
 
 
 class WriteErrorLogFilter(logging_lib.Filter):
-  """Drops Orbax's ERROR records (with tracebacks) about a failed write: `save_error` reports it in one line."""
+  """Drops Orbax's (and asyncio's "Task exception was never retrieved") records with a traceback of a failed
+  write: `save_error` reports it in one line. Set on the absl logger and the root logger's handlers."""
 
   def filter(self, record: logging_lib.LogRecord) -> bool:
-    if "orbax" not in record.pathname or not record.exc_info or record.exc_info[1] is None:
+    from_io = "orbax" in record.pathname or "asyncio" in record.pathname
+    if not from_io or not record.exc_info or record.exc_info[1] is None:
       return True
     return write_cause(record.exc_info[1]) is None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging as logging_lib
 import os
 import signal
 import time
@@ -124,14 +125,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   input_pipeline.host_batch_size(config.batch_size)
   quiet = checkpoint.WriteErrorLogFilter() if logging.get_verbosity() < 0 else None  # save errors: one line
   checkpoint.ignore_closed_loop_callbacks()
-  absl_logger = logging.get_absl_logger()
+  filtered = [logging.get_absl_logger(), *logging_lib.getLogger().handlers] if quiet is not None else []
   with workdir_lock.hold(workdir):  # one run per workdir, taken before anything is read or written there
-    if quiet is not None:
-      absl_logger.addFilter(quiet)
+    for f in filtered:
+      f.addFilter(quiet)
     try:
       return _train(config, workdir, meta)
     finally:
-      absl_logger.removeFilter(quiet)
+      for f in filtered:
+        f.removeFilter(quiet)
 
 
 def _train(config, workdir: str, meta: dataset_meta.DatasetMeta) -> dict[str, Any]:
