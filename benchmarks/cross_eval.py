@@ -187,8 +187,10 @@ def check_plan(kind_dir: str, plan: dict) -> None:
   path = os.path.join(kind_dir, "plan.json")
   if not os.path.exists(kind_dir):
     return
-  kind = os.path.basename(kind_dir)
-  old = json.load(open(path)) if os.path.exists(path) else None
+  kind, old = os.path.basename(kind_dir), None
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
   if old != plan:
     diff = "no plan.json" if old is None else ", ".join(k for k in plan if old.get(k) != plan[k])
     raise CrossEvalError(
