@@ -20,7 +20,8 @@ training set (the mean box-union mask and mean image of that train split).
 
 Everything lives under --workdir: faces/ (links to the chosen files),
 ours/ and authors/ (train_data, test_data, model, plan.json), evals/ (each
-evaluation's table and JSON) and cross_eval.json (the last result). A finished
+evaluation's table and JSON), jax_cache/ (compiled programs, so the second
+model and a rerun skip the compile) and cross_eval.json (the last result). A finished
 dataset or model is reused when its plan (faces, options, epochs) is the same,
 and refused in one line when not; `--redo ours` rebuilds only our detection's
 data and model (after a change to the detection code) and keeps the authors'.
@@ -332,6 +333,10 @@ def _cross_eval(argv: Sequence[str] | None) -> int:
       data, linked = os.path.join(root, kind, f"{split}_data"), os.path.join(root, "faces", split)
       flags_of_kind = [*content, *extra, *preprocess_flags(kind, args, flags)]
       timed(f"{kind}/{split}_data", preprocess, data, linked, split, len(faces[split]), flags_of_kind)
+  import jax
+
+  if not jax.config.jax_compilation_cache_dir:  # the second model and every rerun reuse the compiled programs
+    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax_cache"))
   for kind in KINDS:
     model, data = os.path.join(root, kind, "model"), os.path.join(root, kind, "train_data")
     timed(f"{kind}/model", train, model, data, args.config, args.epochs)
