@@ -21,9 +21,9 @@ training set (the mean box-union mask and mean image of that train split).
 Everything lives under --workdir: faces/ (links to the chosen files),
 ours/ and authors/ (train_data, test_data, model, plan.json), evals/ (each
 evaluation's table and JSON), jax_cache/ (compiled programs, so the second
-model and a rerun skip the compile) and cross_eval.json (the last result). A finished
-dataset or model is reused when its plan (faces, options, epochs) is the same,
-and refused in one line when not; `--redo ours` rebuilds only our detection's
+model and a rerun skip most of the compile) and cross_eval.json (the last
+result). A finished dataset or model is reused when its plan (faces, options,
+epochs) is the same, and refused in one line when not; `--redo ours` rebuilds only our detection's
 data and model (after a change to the detection code) and keeps the authors'.
 An id found in several folders is taken from the first folder that has it;
 the chosen faces must all have one size. The authors' boxes are read only to
