@@ -9,7 +9,11 @@ train split only and the same metric functions as the model (`metrics.py`):
          test image (thresholded at 0.5 for IoU, like a predicted mask);
   image  the train split's mean image, one [S, S, 3] image for every test image.
 
-A model that learned something from its patches scores above both.
+A model that learned something from its patches scores above both. The train
+split is the one the model learned from: `evaluate` takes it from the run's
+own training data (`config.data_dir`) unless told otherwise, so a test-only
+dataset, or another dataset's test split, is scored against what a
+patch-blind model trained on the same images would answer (docs/design.md §6.2).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from keypatch_jax import dataset_meta, input_pipeline, losses, metrics
+from keypatch_jax import dataset_meta, input_pipeline, losses, metrics, preflight
 
 DEFAULT_IMAGES = 2048  # train images averaged (the mean of more barely moves)
 
@@ -48,6 +52,29 @@ def train_means(meta: dataset_meta.DatasetMeta, limit: int | None = DEFAULT_IMAG
   if count == 0:
     raise dataset_meta.DataConfigError(f"{meta.data_dir}: the train split is empty (no patch-blind baseline)")
   return TrainMeans((mask_sum / count).astype(np.float32), (image_sum / count).astype(np.float32), count)
+
+
+def baseline_meta(data_dir: str, image_size: int, chosen_by: str) -> dataset_meta.DatasetMeta:
+  """The dataset whose train split gives the patch-blind baseline for S x S test images.
+
+  Args:
+    data_dir: a preprocessed dataset; image_size: S of the test images;
+    chosen_by: how `data_dir` was chosen ("--baseline-data", or the run's data_dir), for the messages.
+
+  Raises:
+    DatasetFormatError / DataConfigError: one line: missing, no train split, or another image size.
+  """
+  if not data_dir:
+    raise dataset_meta.DataConfigError(preflight.no_baseline(chosen_by, data_dir, "is not set"))
+  meta = dataset_meta.load_meta(data_dir)
+  if meta.num_train == 0:
+    raise dataset_meta.DataConfigError(preflight.no_baseline(chosen_by, data_dir, preflight.NO_TRAIN_SPLIT))
+  if meta.image_size != image_size:
+    raise dataset_meta.DataConfigError(
+      f"patch-blind baseline: {chosen_by} {data_dir!r} has image_size {meta.image_size}, the test images "
+      f"{image_size}; pass --baseline-data DIR with {image_size} x {image_size} images"
+    )
+  return meta
 
 
 def blind_metrics(means: TrainMeans, real: np.ndarray, mask_true: np.ndarray) -> dict[str, np.ndarray]:

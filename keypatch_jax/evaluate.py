@@ -1,16 +1,18 @@
 """Evaluate a trained KeyPatchGAN on the test split (docs/design.md §6): a table, and JSON with definitions.
 
   python -m keypatch_jax.evaluate --workdir WORK --data DATA --output metrics.json \
-      [--step S] [--limit K] [--noise SIGMA] [--seed 0] [--raw] [--batch-stats] \
+      [--step S] [--limit K] [--noise SIGMA] [--seed 0] [--raw] [--batch-stats] [--baseline-data DIR] \
       [--inception pt_inception-2015-12-05-6726825d.pth [--kid-subsets 100 --kid-subset-size 1000]]
 
 Every image metric is computed from the test image's own key patches (`key`),
 from patches cut at random boxes (`random_*`), from noisy key patches
 (`noisy_*`), and for a patch-blind baseline that ignores the patches
-(`blind_*`: the train split's mean mask and mean image, `baselines.py`), so the
-table shows what the model adds. With --inception (pytorch-fid's weights
-file), FID and KID per patch mode (also `combine_*`: each patch from another
-test image) against the same test images (README "FID and KID").
+(`blind_*`: the mean mask and mean image of the train split of the run's own
+training data, or of --baseline-data, `baselines.py`), so the table shows what
+the model adds; the output says which dataset gave the baseline. With
+--inception (pytorch-fid's weights file), FID and KID per patch mode (also
+`combine_*`: each patch from another test image) against the same test images
+(README "FID and KID").
 `DEFINITIONS` below says what each figure means; `--help`, the printed table
 and the JSON's "descriptions" block all come from it.
 """
@@ -18,6 +20,7 @@ and the JSON's "descriptions" block all come from it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +52,9 @@ DEFINITIONS = {
   "d_fake_score": "mean sigmoid of the discriminator on the images generated from the key patches",
   "num_images": "test images evaluated",
   "baseline_images": "train images averaged into the patch-blind baseline",
+  "baseline_data": "the dataset whose train split gave the patch-blind baseline",
+  "baseline_from": "how it was chosen: 'run' (the run's training data, data_dir in its config.json) or "
+  "'--baseline-data'",
   "step": "checkpoint step evaluated",
 }
 COLUMNS = {
@@ -56,8 +62,9 @@ COLUMNS = {
   "random": "patches cut at random boxes of the dataset's size range; the true mask is their union (random_*)",
   "combine": "each patch from a different test image; FID/KID only (combine_*)",
   "noisy": "the key patches plus Gaussian noise of sigma --noise (noisy_*)",
-  "blind": "patch-blind baseline, whatever the patches: the train split's mean box-union mask and mean image, "
-  "scored like the model (blind_*); the model should beat it",
+  "blind": "patch-blind baseline, whatever the patches: the mean box-union mask and mean image of the training "
+  "data's train split (the run's data_dir, or --baseline-data), scored like the model (blind_*); the model should "
+  "beat it",
 }
 
 
@@ -88,6 +95,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--limit", type=int, default=None, help="evaluate at most this many test images")
   p.add_argument("--batch-size", type=int, default=64, help="images per jitted call")
   p.add_argument("--baseline-images", type=int, default=BASELINE_IMAGES, help="train images averaged for blind_*")
+  p.add_argument(
+    "--baseline-data",
+    default=None,
+    help="preprocessed dataset whose train split gives blind_* (default: the run's training data, data_dir in "
+    "WORKDIR/config.json)",
+  )
   p.add_argument("--inception", default=None, help="pytorch-fid's Inception-v3 weights (.pth): adds FID and KID")
   p.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
   p.add_argument("--kid-subset-size", type=int, default=1000, help="KID: images per subset (at most the images)")
@@ -119,11 +132,35 @@ def discriminator_fn(workdir: str, step: int):
   return jax.jit(lambda real, fake: (score(real, 0), score(fake, g_row)))
 
 
-def evaluate(run, args: argparse.Namespace, extract=None) -> dict[str, float]:
+def baseline_source(baseline_data: str | None, run_data_dir: str | None) -> tuple[str | None, str]:
+  """(dataset, 'run' | '--baseline-data'): whose train split gives the blind_* baseline (docs/design.md §6.2).
+
+  `--baseline-data` when given, else the run's training data `run_data_dir`
+  (config.data_dir; None while not yet known, e.g. a remote workdir before its config is read).
+  """
+  if baseline_data is not None:
+    return baseline_data, "--baseline-data"
+  return run_data_dir, "run"
+
+
+def chosen_by(source: str, workdir: str) -> str:
+  """How the baseline's dataset was chosen, in words (messages, the printed line)."""
+  if source == "run":
+    return f"the run's training data (data_dir in {os.path.join(workdir, preflight.CONFIG_FILE)})"
+  return source
+
+
+def evaluate(run, args: argparse.Namespace, extract=None) -> dict[str, float | str]:
   """All figures of `DEFINITIONS` on (up to `args.limit` images of) the test split, with the blind_* baseline.
 
   `run` is an `inference.Run`; `extract` is `inception.feature_fn(weights of
-  args.inception)` or None (no FID/KID).
+  args.inception)` or None (no FID/KID). The baseline comes from the train
+  split of `args.baseline_data`, or by default of the run's training data
+  (`run.config.data_dir`): `baseline_data` and `baseline_from` in the result say which.
+
+  Raises:
+    DatasetFormatError, DataConfigError: the baseline's dataset is missing, has no train
+      split or another image size; the test split is empty (one line each).
   """
   import jax.numpy as jnp
 
@@ -131,7 +168,9 @@ def evaluate(run, args: argparse.Namespace, extract=None) -> dict[str, float]:
 
   generate = inference.generate_fn(run.generator, batch_stats=args.batch_stats)
   score = discriminator_fn(args.workdir, run.step) if run.config.loss.adversarial else None
-  means = baselines.train_means(run.meta, args.baseline_images)
+  baseline_dir, source = baseline_source(args.baseline_data, run.config.data_dir)
+  baseline_meta = baselines.baseline_meta(baseline_dir, run.meta.image_size, chosen_by(source, args.workdir))
+  means = baselines.train_means(baseline_meta, args.baseline_images)
   z_dim = run.config.model.z_dim
   per_image: dict[str, list[np.ndarray]] = {}
   features: dict[str, list[np.ndarray]] = {mode: [] for mode in PREFIXES}
@@ -175,6 +214,8 @@ def evaluate(run, args: argparse.Namespace, extract=None) -> dict[str, float]:
   out["order_consistency"] = max(consistency)
   out["num_images"] = int(np.concatenate(per_image["mask_iou"]).size)
   out["baseline_images"] = means.num_images
+  out["baseline_data"] = baseline_dir
+  out["baseline_from"] = source
   out["step"] = int(run.step)
   if extract is not None:
     out.update(distribution_scores(run.meta, extract, features, args))
@@ -206,9 +247,9 @@ def distribution_scores(meta, extract, features: dict[str, list[np.ndarray]], ar
   return out
 
 
-def format_table(result: dict[str, float]) -> str:
+def format_table(result: dict[str, float | str]) -> str:
   """The per-mode figures as rows `metric | key | random | combine | noisy | blind` (a column only when
-  present), the column legend, then the other figures with their definitions."""
+  present), the column legend, the other figures with their definitions, then where the baseline came from."""
   names = metrics_names(result)
   columns = {c: p for c, p in {**PREFIXES, "blind": BLIND}.items() if any(p + n in result for n in names)}
   lines = [f"{'metric':<16}" + "".join(f"{c:>10}" for c in columns)]
@@ -217,10 +258,16 @@ def format_table(result: dict[str, float]) -> str:
     lines.append(f"{name:<16}" + "".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in row))
   lines += [f"  {c}: {COLUMNS[c]}" for c in columns]
   prefixed = {p + n for p in columns.values() for n in names}
-  rest = [k for k in result if k not in prefixed]
+  rest = [k for k in result if k not in prefixed and not isinstance(result[k], str)]
   if rest:
     lines.append("")
     lines += [f"{k:<18}{result[k]:>10.4g}  {describe(k)}" for k in rest]
+  if "baseline_data" in result:
+    source = "the run's training data" if result["baseline_from"] == "run" else result["baseline_from"]
+    lines.append(
+      f"blind_* baseline: the train split of {result['baseline_data']!r} ({source}), "
+      f"{result.get('baseline_images', '?')} images"
+    )
   return "\n".join(lines)
 
 
@@ -233,6 +280,9 @@ def metrics_names(result: dict[str, float]) -> list[str]:
 def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
   preflight.run_and_data(args, output_suffixes=(".json",))  # before anything slow
+  baseline_dir, source = baseline_source(args.baseline_data, preflight.run_data_dir(args.workdir))
+  if baseline_dir is not None:
+    preflight.baseline_data(baseline_dir, chosen_by(source, args.workdir))
 
   from keypatch_jax import inception, inference
 

@@ -84,8 +84,11 @@ class PeriodicEvaluator:
       self.extract = inception.feature_fn(weights)
 
   def due(self, step: int, run_seconds: float) -> bool:
-    """Whether an evaluation should run at `step`, `run_seconds` into the run (False: skip, logged)."""
-    if self.config.eval_every_steps <= 0 or step % self.config.eval_every_steps:
+    """Whether an evaluation should run at `step`, `run_seconds` into the run (False: skip, logged).
+
+    Never on a dataset without a test split (preprocessed with --test-count 0): nothing to evaluate on.
+    """
+    if self.meta.num_test == 0 or self.config.eval_every_steps <= 0 or step % self.config.eval_every_steps:
       return False
     if self.seconds > self.config.eval_max_share * max(run_seconds, 1e-9):
       self.log(

@@ -9,6 +9,7 @@ left to the slow path.
 
 from __future__ import annotations
 
+import json
 import os
 
 from keypatch_jax import errors
@@ -16,6 +17,7 @@ from keypatch_jax.features import INFO_FILE
 
 CONFIG_FILE = "config.json"  # a run's config, next to its checkpoints (checkpoint.py)
 CHECKPOINT_DIR = "checkpoints"
+NO_TRAIN_SPLIT = "has no train split (0 train images)"  # what `no_baseline` says of such a dataset
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what OpenCV writes
 
 
@@ -77,6 +79,59 @@ def data(path: str) -> None:
       f"{os.path.join(path, INFO_FILE)!r} not found: {path!r} is not a preprocessed dataset; "
       "run `python -m preprocessing --output` on it first"
     )
+
+
+def run_data_dir(workdir: str) -> str | None:
+  """The `data_dir` a local run was trained on (its config.json), or None for a remote `workdir`.
+
+  Call after `workdir(...)`: the config file exists.
+
+  Raises:
+    errors.UserError: config.json is not JSON or names no data_dir.
+  """
+  if _remote(workdir):
+    return None
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      data_dir = json.load(f).get("data_dir")
+  except (OSError, ValueError, AttributeError) as e:
+    raise errors.UserError(f"{path!r} is not a training config ({type(e).__name__}: {e})") from None
+  if not data_dir:
+    raise errors.UserError(f"{path!r} names no data_dir; pass --baseline-data DIR (a dataset with a train split)")
+  return str(data_dir)
+
+
+def no_baseline(chosen_by: str, path: str, what: str) -> str:
+  """The one-line message for a dataset that cannot give the patch-blind baseline: `what` is wrong with it."""
+  return (
+    f"patch-blind baseline: {chosen_by} {path!r} {what}; pass --baseline-data DIR, a preprocessed dataset "
+    "with a train split (the images the model was trained on)"
+  )
+
+
+def baseline_data(path: str, chosen_by: str) -> None:
+  """A local dataset for the patch-blind baseline must exist and have a train split (docs/design.md §6.2).
+
+  Args:
+    path: the dataset; chosen_by: how it was chosen, for the message (`--baseline-data`, or the run's data_dir).
+
+  Raises:
+    errors.UserError: one line naming the folder, how it was chosen and `--baseline-data`.
+  """
+  if _remote(path):
+    return
+  info = os.path.join(path, INFO_FILE)
+  if not os.path.isfile(info):
+    what = "does not exist" if not os.path.isdir(path) else f"is not a preprocessed dataset (no {INFO_FILE})"
+    raise errors.UserError(no_baseline(chosen_by, path, what))
+  try:
+    with open(info) as f:
+      num_train = int(json.load(f)["counts"].get("train", 0))
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise errors.UserError(f"{info!r} is not a keypatch dataset_info file ({type(e).__name__}: {e})") from None
+  if num_train == 0:
+    raise errors.UserError(no_baseline(chosen_by, path, NO_TRAIN_SPLIT))
 
 
 def run_and_data(args, *, output_suffixes: tuple[str, ...]) -> None:

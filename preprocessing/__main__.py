@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     type=int,
     default=None,
     help=f"images held out by id hash for the test split (default: {100 * TEST_FRACTION:.0f}%% of the source, "
-    f"at least 1, at most {MAX_TEST_COUNT})",
+    f"at least 1, at most {MAX_TEST_COUNT}; 0: train only; all of them: a test-only dataset)",
   )
   a("--shard-size", type=int, default=1024, help="source images per shard")
   a("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
@@ -298,8 +298,10 @@ def _preprocess(argv: Sequence[str] | None) -> int:
     args.test_count = default_test_count(n)
     if args.test_count < MAX_TEST_COUNT:
       print(f"--test-count {args.test_count}: {100 * TEST_FRACTION:.0f}% of the {n} source items (set it to choose)")
-  if args.test_count >= n:
-    raise errors.UsageError(f"--test-count {args.test_count}: must be smaller than the {n} source items")
+  if args.test_count > n:
+    raise errors.UsageError(
+      f"--test-count {args.test_count}: more than the {n} source items (--test-count {n}: a test-only dataset)"
+    )
   if args.center_crop:
     check_center_crop(source, args.center_crop)
   boxes = None

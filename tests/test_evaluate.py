@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import corrupt_copy
 
-from keypatch_jax import baselines, evaluate, losses, metrics
+from keypatch_jax import baselines, dataset_meta, evaluate, input_pipeline, losses, metrics
 
 REQUIRED = ("mask_iou", "mask_l1", "masked_psnr", "image_psnr", "order_consistency", "num_images")
 HEADLINE = ("mask_iou", "mask_l1", "masked_l1", "masked_psnr", "image_l1", "image_psnr")
@@ -75,7 +75,8 @@ def test_evaluate_a_checkpoint(trained_workdir, tiny_data, tmp_path, capsys):
   for name in HEADLINE:  # a patch-blind baseline beside every headline metric
     assert "blind_" + name in result
   assert set(descriptions) == set(result) and all(descriptions.values())  # every figure defined
-  assert "train split's mean" in descriptions["blind_mask_iou"]
+  assert "mean box-union mask" in descriptions["blind_mask_iou"] and result["baseline_from"] == "run"
+  assert result["baseline_data"] == tiny_data and descriptions["baseline_data"]
   assert result["order_consistency"] < 1e-3  # eval-mode generator is permutation invariant
   assert 0.0 < result["d_real_score"] < 1.0 and 0.0 < result["d_fake_score"] < 1.0
   table = printed[: printed.index(next(line for line in printed if line.startswith("wrote ")))]
@@ -176,3 +177,73 @@ def test_evaluate_without_the_inception_file_says_where_to_get_it(trained_workdi
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "pt_inception-2015-12-05-6726825d.pth" in err[0]
   assert "https://github.com/mseitzer/pytorch-fid/releases" in err[0]
+
+
+@pytest.fixture(scope="module")
+def test_only_data(tmp_path_factory) -> str:
+  """8 synthetic 16x16 faces, all in the test split (--test-count = the source's size): no train split."""
+  from preprocessing.__main__ import main
+
+  out = str(tmp_path_factory.mktemp("test_only"))
+  argv = ["--source", "synthetic", "--num-images", "8", "--seed", "1", "--image-size", "16", "--test-count", "8"]
+  assert main([*argv, "--workers", "1", "--output", out, "--quiet"]) == 0
+  return out
+
+
+def _fake_workdir(path, data_dir: str) -> str:
+  """A folder that passes the workdir checks (config.json, a checkpoint step) without a checkpoint to restore."""
+  (path / "checkpoints" / "4").mkdir(parents=True)
+  (path / "config.json").write_text(json.dumps({"data_dir": data_dir}))
+  return str(path)
+
+
+def _one_error_line(capsys) -> str:
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("keypatch_jax.evaluate: error: patch-blind baseline: "), err
+  return err[0]
+
+
+def test_missing_baseline_data_is_one_line_before_the_checkpoint_is_read(tiny_data, tmp_path, capsys):
+  """The run's training data moved away, or a --baseline-data that does not exist: one line naming it and the flag."""
+  gone = str(tmp_path / "gone")
+  workdir = _fake_workdir(tmp_path / "work", gone)
+  assert evaluate.main(["--workdir", workdir, "--data", tiny_data]) == 1
+  line = _one_error_line(capsys)
+  assert f"the run's training data (data_dir in {workdir}/config.json) {gone!r} does not exist" in line
+  assert "pass --baseline-data DIR" in line
+  assert evaluate.main(["--workdir", workdir, "--data", tiny_data, "--baseline-data", str(tmp_path)]) == 1
+  line = _one_error_line(capsys)
+  assert f"--baseline-data {str(tmp_path)!r} is not a preprocessed dataset (no dataset_info.json)" in line
+
+
+def test_baseline_data_without_a_train_split_is_one_line(tiny_data, test_only_data, tmp_path, capsys):
+  workdir = _fake_workdir(tmp_path / "work", test_only_data)  # a run "trained" on a test-only dataset
+  assert evaluate.main(["--workdir", workdir, "--data", tiny_data]) == 1
+  assert f"{test_only_data!r} has no train split (0 train images)" in _one_error_line(capsys)
+  argv = ["--workdir", _fake_workdir(tmp_path / "work2", tiny_data), "--data", tiny_data]
+  assert evaluate.main([*argv, "--baseline-data", test_only_data]) == 1
+  assert f"--baseline-data {test_only_data!r} has no train split" in _one_error_line(capsys)
+
+
+@pytest.mark.slow
+def test_test_only_data_is_scored_against_the_runs_training_data(
+  trained_workdir, tiny_data, test_only_data, tmp_path, capsys
+):
+  """A test-only dataset: blind_* comes from the run's own training data (80 images), or from --baseline-data."""
+  argv = ["--workdir", trained_workdir, "--data", test_only_data]
+  assert evaluate.main(argv) == 0
+  printed = capsys.readouterr().out.strip().splitlines()
+  result = json.loads(printed[-1])
+  assert result["num_images"] == 8 and result["baseline_images"] == 80
+  assert result["baseline_data"] == tiny_data and result["baseline_from"] == "run"
+  assert f"blind_* baseline: the train split of {tiny_data!r} (the run's training data), 80 images" in printed
+  assert evaluate.main([*argv, "--baseline-data", tiny_data, "--baseline-images", "40"]) == 0
+  printed = capsys.readouterr().out.strip().splitlines()
+  given = json.loads(printed[-1])
+  assert given["baseline_from"] == "--baseline-data" and given["baseline_images"] == 40
+  assert f"blind_* baseline: the train split of {tiny_data!r} (--baseline-data), 40 images" in printed
+  assert given["mask_iou"] == result["mask_iou"]  # only the baseline changed
+  means = baselines.train_means(dataset_meta.load_meta(tiny_data), 40)
+  test = next(input_pipeline.eval_batches(dataset_meta.load_meta(test_only_data), "test", batch_size=8))
+  expected = baselines.blind_metrics(means, test["image"], losses.mask_from_boxes(test["boxes"], 16))
+  assert np.isclose(given["blind_mask_iou"], float(np.mean(expected["mask_iou"])), atol=1e-6)

@@ -90,3 +90,13 @@ def test_empty_masks_get_one_warning_line_naming_the_switch():
   assert periodic_eval.empty_mask_warning(200, float("nan"), config) is None  # nothing evaluated
   config.model.use_mask_net = False  # the ablation has no mask to collapse
   assert periodic_eval.empty_mask_warning(200, 0.0, config) is None
+
+
+def test_never_due_without_a_test_split(tiny_data):
+  """A train-only dataset (--test-count 0): no evaluation is due, where one would fail on the missing test shards."""
+  import dataclasses
+
+  config, meta, _ = _setup(tiny_data, eval_every_steps=5)
+  evaluator = periodic_eval.PeriodicEvaluator(config, dataclasses.replace(meta, num_test=0), None)
+  assert evaluator.due(5, run_seconds=100.0) is False
+  assert periodic_eval.PeriodicEvaluator(config, meta, None).due(5, run_seconds=100.0)  # with its test split: due
