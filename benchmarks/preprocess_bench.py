@@ -74,7 +74,7 @@ def pipeline_rate(num_images: int, workers: int, folder: str | None = None, crop
   spec = "synthetic" if folder is None else f"folder:{folder}"
   argv = ["--source", spec, "--num-images", str(num_images), "--image-size", "64", "--center-crop", str(crop)]
   argv += ["--min-side", "128", "--workers", str(workers), "--quiet", "--output", "unused", "--test-count", "8"]
-  args = cli.build_parser().parse_args(argv)
+  args = cli.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
     options = vars(args) | {"output": tmp}
     source = sources.open_source(spec, num_images=num_images, seed=args.seed)

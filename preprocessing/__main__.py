@@ -55,10 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
   a("--min-side", type=int, default=128, help="shorter side of the detection frame")
   a("--center-crop", type=int, default=0, help="central crop side before resizing (celeba: 108)")
   a("--num-patches", type=int, default=3, help="N, boxes per image")
-  a("--min-area", type=float, default=0.05, help="min box area, fraction of the image")
-  a("--max-area", type=float, default=0.25, help="max box area, fraction of the image")
-  a("--max-aspect", type=float, default=3.0, help="keep 1/A <= w/h <= A")
-  a("--nms-iou", type=float, default=0.3, help="greedy NMS IoU threshold")
+  a(
+    "--key-patches",
+    choices=tuple(detect.PRESETS),
+    default="parts",
+    help="detection preset: part-sized, near-square boxes kept apart (parts, default) or paper §4's filters "
+    "and EdgeBoxes' own ranking (paper); the flags below override single values",
+  )
+  parts, paper = detect.PRESETS["parts"], detect.PRESETS["paper"]
+
+  def preset_help(text: str, field: str, fmt=lambda v: v) -> str:
+    got = [
+      fmt(getattr(p.box_filter, field, None) if hasattr(p.box_filter, field) else getattr(p, field))
+      for p in (parts, paper)
+    ]
+    return f"{text} (parts: {got[0]}, paper: {got[1]})"
+
+  a("--min-area", type=float, default=None, help=preset_help("min box area, fraction of the image", "min_area"))
+  a("--max-area", type=float, default=None, help=preset_help("max box area, fraction of the image", "max_area"))
+  a("--max-aspect", type=float, default=None, help=preset_help("keep 1/A <= w/h <= A", "max_aspect"))
+  a("--nms-iou", type=float, default=None, help=preset_help("greedy NMS IoU threshold", "nms_iou"))
   a(
     "--max-box-height",
     type=float,
@@ -68,16 +84,40 @@ def build_parser() -> argparse.ArgumentParser:
   a(
     "--scoring",
     choices=("priors", "edgeboxes"),
-    default="priors",
-    help="rank boxes by EdgeBoxes' score with centre and border priors (default) or by its score alone (paper)",
+    default=None,
+    help="rank boxes by EdgeBoxes' score with centre and border priors or by its score alone "
+    "(parts: priors, paper: edgeboxes)",
   )
-  a("--centre-weight", type=float, default=10.0, help="--scoring priors: weight c of the centre prior")
-  a("--border-weight", type=float, default=5.0, help="--scoring priors: weight b of the border prior")
+  a(
+    "--centre-weight",
+    type=float,
+    default=None,
+    help=preset_help("--scoring priors: weight c of the centre prior", "centre_weight"),
+  )
+  a(
+    "--border-weight",
+    type=float,
+    default=None,
+    help=preset_help("--scoring priors: weight b of the border prior", "border_weight"),
+  )
   a(
     "--selection",
     choices=("coverage", "nms"),
-    default="coverage",
-    help="--scoring priors: pick the N boxes that cover the proposals' consensus (default) or the top N after NMS",
+    default=None,
+    help="--scoring priors: the top N after NMS (nms, both presets) or the N boxes that cover the proposals' "
+    "consensus (coverage)",
+  )
+  a(
+    "--edge-smoothing",
+    type=float,
+    default=None,
+    help=preset_help("σ in pixels of the blur before the gradient edge map", "edge_smoothing"),
+  )
+  a(
+    "--edgeboxes-beta",
+    type=float,
+    default=None,
+    help=preset_help("EdgeBoxes' NMS threshold between its proposals", "edgeboxes_beta"),
   )
   a(
     "--test-count",
@@ -112,6 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+  """Fills the detection options left unset from the `--key-patches` preset (in place; returns `args`)."""
+  preset = detect.PRESETS[args.key_patches]
+  f = preset.box_filter
+  paper = f.centre_weight == 0 and f.border_weight == 0
+  fill = {
+    "min_area": f.min_area,
+    "max_area": f.max_area,
+    "max_aspect": f.max_aspect,
+    "nms_iou": f.nms_iou,
+    "scoring": "edgeboxes" if paper else "priors",
+    "centre_weight": f.centre_weight,
+    "border_weight": f.border_weight,
+    "selection": f.selection,
+    "edge_smoothing": preset.edge_smoothing,
+    "edgeboxes_beta": preset.edgeboxes_beta,
+  }
+  for key, value in fill.items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  return args
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  """`build_parser().parse_args` with the `--key-patches` preset applied."""
+  return apply_preset(build_parser().parse_args(argv))
+
+
 def check_options(args: argparse.Namespace) -> str | None:
   """The first invalid option as a one-line message, else None."""
   rules = [
@@ -131,6 +199,8 @@ def check_options(args: argparse.Namespace) -> str | None:
       f"--max-box-height {args.max_box_height}: must be in (0, 1]",
     ),
     (args.centre_weight < 0, f"--centre-weight {args.centre_weight}: must be >= 0"),
+    (args.edge_smoothing < 0, f"--edge-smoothing {args.edge_smoothing}: must be >= 0"),
+    (not 0 < args.edgeboxes_beta <= 1, f"--edgeboxes-beta {args.edgeboxes_beta}: must be in (0, 1]"),
     (args.border_weight < 0, f"--border-weight {args.border_weight}: must be >= 0"),
     (args.test_count is not None and args.test_count < 0, f"--test-count {args.test_count}: must be >= 0"),
     (args.shard_size < 1, f"--shard-size {args.shard_size}: must be >= 1"),
@@ -192,6 +262,8 @@ def make_settings(args: argparse.Namespace) -> worker.Settings:
     min_side=args.min_side,
     center_crop=args.center_crop,
     box_filter=box_filter,
+    edge_smoothing=args.edge_smoothing,
+    edgeboxes_beta=args.edgeboxes_beta,
     sed_model=args.sed_model,
     boxes_scale=args.boxes_scale,
   )
@@ -282,7 +354,7 @@ def check_center_crop(source: sources.Source, side: int) -> None:
 
 def _preprocess(argv: Sequence[str] | None) -> int:
   cli.quiet_logs(cli.verbosity_of(sys.argv[1:] if argv is None else argv))  # before TensorFlow loads
-  args = build_parser().parse_args(argv)
+  args = parse_args(argv)
   msg = check_options(args)
   if msg is None and args.sed_model:
     msg = _check_sed_model(args.sed_model)

@@ -16,6 +16,10 @@ import numpy as np
 class BoxFilter:
   """The filters of paper §4 (docs/design.md §2.1).
 
+  The defaults are the "parts" key patches (`PRESETS`, docs/design.md §2.1):
+  part-sized (7-15 % of the frame), near-square boxes, re-ranked by a
+  centre prior and kept apart by NMS at 0.2; `PAPER_FILTER` is paper §4's.
+
   Attributes:
     num_patches: N, boxes to keep.
     min_area: minimum box area as a fraction of the image area.
@@ -32,14 +36,46 @@ class BoxFilter:
   """
 
   num_patches: int = 3
-  min_area: float = 0.05
-  max_area: float = 0.25
-  max_aspect: float = 3.0
-  nms_iou: float = 0.3
+  min_area: float = 0.07
+  max_area: float = 0.15
+  max_aspect: float = 1.5
+  nms_iou: float = 0.2
   max_box_height: float | None = None
-  centre_weight: float = 10.0
-  border_weight: float = 5.0
-  selection: str = "coverage"
+  centre_weight: float = 3.0
+  border_weight: float = 0.0
+  selection: str = "nms"
+
+
+# Paper §4: boxes of 5-25 % of the image, aspect within 1/3..3, NMS at 0.3,
+# EdgeBoxes' own ranking (no priors).
+PAPER_FILTER = BoxFilter(
+  min_area=0.05, max_area=0.25, max_aspect=3.0, nms_iou=0.3, centre_weight=0.0, border_weight=0.0, selection="nms"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """One `--key-patches` choice: the filters and the edge and proposal settings that go with them.
+
+  Attributes:
+    box_filter: the filters, ranking and selection.
+    edge_smoothing: σ in pixels of the detection frame of the Gaussian applied
+      before the gradient edge map (`gradient_edges`; 0: none).
+    edgeboxes_beta: EdgeBoxes' own NMS threshold β between its proposals
+      (Zitnick & Dollár 2014: 0.75 by default, higher for denser proposals
+      that localise boxes more finely).
+  """
+
+  box_filter: BoxFilter
+  edge_smoothing: float
+  edgeboxes_beta: float
+
+
+# docs/design.md §2.1; measured in the README ("Key patches without the structured-edge model").
+PRESETS = {
+  "parts": Preset(BoxFilter(), edge_smoothing=1.0, edgeboxes_beta=0.9),
+  "paper": Preset(PAPER_FILTER, edge_smoothing=0.0, edgeboxes_beta=0.75),
+}
 
 
 # A box whose edge lies within this fraction of the image side from the border touches it.
@@ -88,18 +124,24 @@ def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
   return cv2.resize(image, size, interpolation=interp)
 
 
-def gradient_edges(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def gradient_edges(image: np.ndarray, smoothing: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """Edge map and orientation without a structured-edge model.
 
   Sobel magnitude (max over colour channels) masked by Canny edges; the
   orientation uses OpenCV's `computeOrientation` formula on a smoothed map.
+  With `smoothing` σ > 0 the image is first blurred by a Gaussian of σ pixels,
+  which removes the finest texture (skin, hair strands) that a structured-edge
+  model ignores too (docs/design.md §2.1).
 
   Args:
     image: uint8 [H, W, 3].
+    smoothing: σ of the Gaussian in pixels (0: none).
 
   Returns:
     (edges float32 [H, W] in [0, 1], orientation float32 [H, W] in [0, pi)).
   """
+  if smoothing > 0:
+    image = cv2.GaussianBlur(image, (0, 0), smoothing)
   f = image.astype(np.float32) * (1.0 / 255.0)
   gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
   gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
@@ -149,14 +191,15 @@ def edge_boxes(
   max_boxes: int,
   min_box_area: float,
   max_aspect: float,
+  beta: float = 0.75,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Runs OpenCV EdgeBoxes.
+  """Runs OpenCV EdgeBoxes (`beta`: its NMS threshold between proposals, `Preset.edgeboxes_beta`).
 
   Returns:
     (boxes float32 [K, 4] as (x, y, w, h), scores float32 [K]), best first.
   """
   eb = cv2.ximgproc.createEdgeBoxes(
-    maxBoxes=max_boxes, minBoxArea=float(min_box_area), maxAspectRatio=float(max_aspect)
+    maxBoxes=max_boxes, minBoxArea=float(min_box_area), maxAspectRatio=float(max_aspect), beta=float(beta)
   )
   boxes, scores = eb.getBoundingBoxes(edges, orientation)
   if boxes is None or len(boxes) == 0:

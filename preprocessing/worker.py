@@ -27,7 +27,10 @@ class Settings:
     image_size: S, side of the stored image.
     min_side: shorter side of the detection frame.
     center_crop: if > 0, central crop side applied first (CelebA: 108).
-    box_filter: the paper §4 filters and N (docs/design.md §2.1).
+    box_filter: the filters, ranking and N (docs/design.md §2.1).
+    edge_smoothing: σ (detection-frame pixels) of the blur before the gradient
+      edge map (`detect.gradient_edges`; not used with `sed_model`).
+    edgeboxes_beta: EdgeBoxes' NMS threshold between its proposals.
     sed_model: path of a structured-edge model (model.yml.gz) or None.
     boxes_scale: F of the frame of boxes given from a file (`--boxes-scale`),
       None for pixels of the image after `center_crop`.
@@ -36,7 +39,9 @@ class Settings:
   image_size: int = 64
   min_side: int = 128
   center_crop: int = 0
-  box_filter: detect.BoxFilter = detect.BoxFilter()
+  box_filter: detect.BoxFilter = detect.PRESETS["parts"].box_filter
+  edge_smoothing: float = detect.PRESETS["parts"].edge_smoothing
+  edgeboxes_beta: float = detect.PRESETS["parts"].edgeboxes_beta
   sed_model: str | None = None
   boxes_scale: float | None = None
 
@@ -85,7 +90,7 @@ def detect_boxes(image: np.ndarray, settings: Settings, sed=None) -> tuple[np.nd
   h, w = det.shape[:2]
   f = settings.box_filter
   if sed is None:
-    edges, orientation = detect.gradient_edges(det)
+    edges, orientation = detect.gradient_edges(det, settings.edge_smoothing)
   else:
     edges, orientation = detect.structured_edges(det, sed)
   boxes, scores = detect.edge_boxes(
@@ -94,6 +99,7 @@ def detect_boxes(image: np.ndarray, settings: Settings, sed=None) -> tuple[np.nd
     max_boxes=MAX_CANDIDATES,
     min_box_area=f.min_area * h * w,
     max_aspect=f.max_aspect,
+    beta=settings.edgeboxes_beta,
   )
   return detect.select_boxes(boxes, scores, h, w, f), (h, w)
 

@@ -96,7 +96,7 @@ def test_coverage_selection_spreads_boxes_over_the_consensus_and_nms_is_one_flag
   copies = [[20, 40, 40, 40], [21, 41, 40, 40], [22, 42, 40, 40]]
   boxes = np.array(band + copies, np.float32)
   scores = np.array([0.3, 0.3, 0.3, 0.3, 0.3, 0.9, 0.85, 0.8], np.float32)
-  f = detect.BoxFilter(num_patches=2, centre_weight=1e-3, border_weight=0.0, nms_iou=0.9)
+  f = detect.BoxFilter(num_patches=2, centre_weight=1e-3, border_weight=0.0, nms_iou=0.9, selection="coverage")
   by_score = detect.select_boxes(boxes, scores, 128, 128, dataclasses.replace(f, selection="nms"))
   np.testing.assert_array_equal(by_score, boxes[[5, 7]])  # near-copies of one spot (6 overlaps 5 by 0.91)
   covered = detect.select_boxes(boxes, scores, 128, 128, f)
@@ -509,3 +509,54 @@ def test_kill_and_resume_equals_clean_single_worker_run(tmp_path):
   info = json.loads((resumed / features.INFO_FILE).read_text())
   assert len(info["shards"]["train"]) == 15 and len(info["shards"]["test"]) == 1
   assert info["counts"]["train"] + info["counts"]["test"] + sum(info["rejects"].values()) == 160
+
+
+def test_key_patch_presets_fill_unset_flags_and_single_flags_override():
+  from preprocessing import __main__ as cli
+
+  parts = cli.make_settings(cli.parse_args(["--source", "synthetic", "--output", "x"]))
+  assert parts.box_filter == detect.PRESETS["parts"].box_filter
+  assert (parts.edge_smoothing, parts.edgeboxes_beta) == (1.0, 0.9)
+  paper = cli.make_settings(cli.parse_args(["--source", "synthetic", "--output", "x", "--key-patches", "paper"]))
+  assert paper.box_filter == detect.PAPER_FILTER  # paper §4: 5-25 %, aspect 3, NMS 0.3, EdgeBoxes' order
+  assert (paper.edge_smoothing, paper.edgeboxes_beta) == (0.0, 0.75)
+  mixed = cli.parse_args(["--source", "synthetic", "--output", "x", "--key-patches", "paper", "--max-area", "0.2"])
+  assert (mixed.max_area, mixed.min_area, mixed.scoring) == (0.2, 0.05, "edgeboxes")
+  for flag, value in [("--edge-smoothing", "-1.0"), ("--edgeboxes-beta", "0.0"), ("--edgeboxes-beta", "1.5")]:
+    msg = cli.check_options(cli.parse_args(["--source", "synthetic", "--output", "x", flag, value]))
+    assert msg is not None and msg.startswith(f"{flag} {value}:")
+
+
+def test_edge_smoothing_removes_fine_texture_and_keeps_contours():
+  rng = np.random.default_rng(0)
+  image = np.full((128, 128, 3), 128, np.uint8)
+  image[32:96, 32:96] = 230  # one object contour
+  noisy = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)  # fine texture
+  plain, _ = detect.gradient_edges(noisy)
+  smooth, _ = detect.gradient_edges(noisy, smoothing=1.0)
+  inside = np.s_[40:88, 40:88]
+  assert (smooth[inside] > 0).sum() < 0.5 * (plain[inside] > 0).sum()
+  assert (smooth[30:35, 40:88] > 0).any() and (smooth[93:98, 40:88] > 0).any()  # the contour stays
+
+
+def test_default_key_patches_are_parts_apart_on_faces():
+  """The parts preset on the aligned synthetic faces: N part-sized boxes, apart, on the face (docs/design.md §2.1)."""
+  from preprocessing import synthetic
+
+  f = detect.PRESETS["parts"].box_filter
+  areas, overlaps = [], []
+  for i in range(12):
+    image, _ = synthetic.make_face(0, i, pose="aligned")
+    boxes, (h, w) = worker.detect_boxes(image, worker.Settings())
+    assert len(boxes) == f.num_patches
+    areas += list(boxes[:, 2] * boxes[:, 3] / (h * w))
+    overlaps += [detect.iou(b, boxes[j + 1 :]).max(initial=0) for j, b in enumerate(boxes)]
+  assert f.min_area - 0.01 <= min(areas) and max(areas) <= f.max_area + 0.01
+  assert max(overlaps) <= f.nms_iou + 1e-6
+  paper = worker.Settings(box_filter=detect.PAPER_FILTER, edge_smoothing=0.0, edgeboxes_beta=0.75)
+  paper_areas = [
+    b[2] * b[3] / (h * w)
+    for i in range(12)
+    for b in worker.detect_boxes(synthetic.make_face(0, i, pose="aligned")[0], paper)[0]
+  ]
+  assert np.mean(paper_areas) > np.mean(areas)  # the paper's filters let larger boxes through
