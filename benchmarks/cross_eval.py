@@ -108,7 +108,7 @@ def detection_flags(rest: list[str]) -> list[str]:
   for dest in RESERVED:
     if parsed[dest] not in (unset, mark):
       raise CrossEvalError(f"--{dest.replace('_', '-')}: set by {PROG} itself, not a detection flag")
-  msg = pre.check_options(pre.build_parser().parse_args(["--source", "-", "--output", "-", *rest]))
+  msg = pre.check_options(pre.parse_args(["--source", "-", "--output", "-", *rest]))
   if msg:
     raise CrossEvalError(msg)
   return list(rest)
