@@ -4,7 +4,7 @@
 
 Only this machine can reach it by default (--host 127.0.0.1), and it answers
 only under loopback host names (--allowed-host adds others) and changes state
-only for requests from its own page (docs/design.md §7).
+only for requests from its own page (docs/design.md §8.1).
 
 Upload a photo (or pick a test image of --data): the page runs the same
 EdgeBoxes detection as `python -m preprocessing` (`preprocessing.worker`) and

@@ -5,7 +5,7 @@ an `interactive.Demo` (the checkpoint, detection and generation); uploads are
 decoded and kept by `uploads`. Every bad input is a one-line message on the
 page (`uploads.UploadError`, request validation), never a server crash; only
 the page itself, served under an allowed host name, may change the server's
-state (docs/design.md §7).
+state (docs/design.md §8.1).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _host_of(value: str) -> tuple[str, str] | None:
 
 
 class PageGuard:
-  """Refuses, before the app reads anything, what the page must never serve (docs/design.md §7).
+  """Refuses, before the app reads anything, what the page must never serve (docs/design.md §8.1).
 
   - 403 for a state-changing request a browser sends from another site. Rule,
     for every method but GET/HEAD/OPTIONS: an `Origin` header must be

@@ -1,4 +1,4 @@
-"""The page's limits, driven by real HTTP requests on loopback (issue 21 part 2, docs/design.md §7).
+"""The page's limits, driven by real HTTP requests on loopback (issue 21 part 2, docs/design.md §8.1).
 
 A uvicorn server runs `web_app.create_app` in a thread around `RecordingDemo`,
 which stands in for the checkpoint (no model to compile) and records every
