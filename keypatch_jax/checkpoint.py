@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run: `WORKDIR/checkpoints/<step>/{generator,rest,meta}` (docs/design.md §7).
+"""Orbax checkpoints of a run: `WORKDIR/checkpoints/<step>/{generator,rest,meta}` (docs/design.md §8.1).
 
 The state is saved as three Orbax items so that sampling restores only what it
 needs: `generator` (params, batch_stats, EMA params), `rest` (the step, the

@@ -76,6 +76,8 @@ class Demo:
     self.pictures, self.patches = uploads.Store(), uploads.Store()
     self._generate = inference.generate_fn(run.generator)
     self._lock = threading.Lock()
+    # One upload decoded (and detected) at a time: concurrent uploads do not add up in memory.
+    self._decoding = threading.Lock()
     self.test_set: list[tuple[np.ndarray, np.ndarray]] = []
     if run.meta is not None and test_images > 0:
       batch = next(input_pipeline.eval_batches(run.meta, "test", batch_size=test_images, limit=test_images), None)
@@ -135,28 +137,32 @@ class Demo:
        best first), "note"}.
 
     Raises:
-      uploads.UploadError: a bad file, or a photo under 32 pixels on its shorter side.
+      uploads.UploadError: a bad file (refused from its header before decoding
+        when too large), a photo under 32 pixels on its shorter side, or more
+        than `images.MAX_ASPECT` times longer than high (or the reverse).
     """
     from preprocessing import detect, images, worker
 
-    image = uploads.decode_upload(data, name, self.max_bytes)
-    if self.settings.center_crop > 0:
-      # The dataset's crop; a smaller upload gets its central square instead.
-      image = images.center_crop(image, min(self.settings.center_crop, *image.shape[:2]))
-    if min(image.shape[:2]) < images.MIN_SIDE:
-      h, w = image.shape[:2]
-      raise uploads.UploadError(
-        f"{name!r} is {w}x{h}; a photo needs a shorter side of at least {images.MIN_SIDE} pixels"
-      )
-    sed = None
-    if self.settings.sed_model:
-      import cv2
+    with self._decoding:
+      image = uploads.decode_upload(data, name, self.max_bytes)
+      if self.settings.center_crop > 0:
+        # The dataset's crop; a smaller upload gets its central square instead.
+        image = images.center_crop(image, min(self.settings.center_crop, *image.shape[:2]))
+      try:
+        images.check_size(image)
+      except images.Reject as r:
+        h, w = image.shape[:2]
+        raise uploads.UploadError(f"{uploads.reject_message(name, r.reason)}: it is {w}x{h}") from None
+      sed = None
+      if self.settings.sed_model:
+        import cv2
 
-      sed = cv2.ximgproc.createStructuredEdgeDetection(self.settings.sed_model)
-    boxes, _ = worker.detect_boxes(image, self.settings, sed)
-    picture = uploads.Picture(
-      detect.resize_short_side(image, self.settings.min_side), worker.model_image(image, self.settings)
-    )
+        sed = cv2.ximgproc.createStructuredEdgeDetection(self.settings.sed_model)
+      boxes, _ = worker.detect_boxes(image, self.settings, sed)
+      picture = uploads.Picture(
+        detect.resize_short_side(image, self.settings.min_side), worker.model_image(image, self.settings)
+      )
+      del image
     n = self.run.config.num_patches
     note = f"EdgeBoxes found {len(boxes)} key patches"
     if len(boxes) < n:
@@ -177,8 +183,9 @@ class Demo:
     """A separate patch image, resized to S x S as `patches.load_patch_folder` does: {"patch_id", "thumb"}."""
     import cv2
 
-    image = uploads.decode_upload(data, name, self.max_bytes)
-    patch = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
+    with self._decoding:
+      image = uploads.decode_upload(data, name, self.max_bytes)
+      patch = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
     return {"patch_id": self.patches.put(patch), "thumb": uploads.png_data_url(patch)}
 
   # --- generation -------------------------------------------------------------
@@ -188,6 +195,9 @@ class Demo:
     from preprocessing import detect
 
     s = self.size
+    if len(boxes) + len(patch_ids) > self.max_patches:  # before any crop
+      count = len(boxes) + len(patch_ids)
+      raise uploads.UploadError(f"{count} patches; this server takes at most {self.max_patches} (--max-patches)")
     out = []
     if boxes:
       if image_id is None:

@@ -1,6 +1,10 @@
 """An interactive page over a trained checkpoint: give it key patches, see where they go.
 
-  python -m keypatch_jax.serve --workdir WORK [--data DATA] [--port 8000] [--host 127.0.0.1]
+  python -m keypatch_jax.serve --workdir WORK [--data DATA] [--port 8000] [--host 127.0.0.1] [--allowed-host NAME]
+
+Only this machine can reach it by default (--host 127.0.0.1), and it answers
+only under loopback host names (--allowed-host adds others) and changes state
+only for requests from its own page (docs/design.md §8.1).
 
 Upload a photo (or pick a test image of --data): the page runs the same
 EdgeBoxes detection as `python -m preprocessing` (`preprocessing.worker`) and
@@ -34,6 +38,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--data", default=None, help="preprocessed dataset: its test images and detection settings")
   p.add_argument("--port", type=int, default=8000, help="TCP port")
   p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+  p.add_argument(
+    "--allowed-host",
+    action="append",
+    default=[],
+    metavar="NAME",
+    help="a host name (or address) the page may be opened under, besides localhost, 127.0.0.1, [::1] and --host; "
+    "repeat for more",
+  )
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--raw", action="store_true", help="raw generator params instead of the EMA")
   p.add_argument("--max-patches", type=int, default=None, help="largest N a request may use (default: 2x trained N)")
@@ -48,7 +60,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.error(f"--max-upload-mb {args.max_upload_mb}: must be > 0")
   if args.test_images < 0:
     p.error(f"--test-images {args.test_images}: must be >= 0")
+  for name in args.allowed_host:
+    if not name or "*" in name[1:] or (name.startswith("*") and not name.startswith("*.")) or "/" in name:
+      p.error(f"--allowed-host {name!r}: give a host name or address (e.g. mybox.lan, 192.168.1.5, *.example.org)")
   return args
+
+
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(host: str, extra: Sequence[str]) -> list[str]:
+  """Host names the page answers: loopback names, the --host address itself (unless a wildcard), --allowed-host."""
+  from keypatch_jax import web_app
+
+  names = list(web_app.LOOPBACK_HOSTS)
+  if host not in WILDCARD_ADDRESSES:
+    names.append(f"[{host}]" if ":" in host else host)
+  names += [n.lower() for n in extra]
+  return list(dict.fromkeys(n.lower() for n in names))
+
+
+def exposure_line(host: str, port: int, hosts: Sequence[str]) -> str | None:
+  """One line saying what listening on `host` exposes, or None for a loopback address."""
+  import ipaddress
+
+  try:
+    if ipaddress.ip_address(host).is_loopback:
+      return None
+  except ValueError:
+    if host == "localhost":
+      return None
+  where = "every network interface of this machine" if host in WILDCARD_ADDRESSES else f"the network at {host}"
+  return (
+    f"{PROG}: listening on {where}, port {port}: anyone who can reach it can upload images and generate "
+    f"(no login); it answers only under the host names {', '.join(hosts)} (add yours with --allowed-host)"
+  )
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -62,12 +108,16 @@ def _main(argv: Sequence[str] | None) -> int:
   demo = interactive.Demo(run, max_patches=max_patches, max_upload_mb=args.max_upload_mb, test_images=args.test_images)
   seconds = demo.compile()
   s = demo.size
+  hosts = allowed_hosts(args.host, args.allowed_host)
+  exposed = exposure_line(args.host, args.port, hosts)
+  if exposed:
+    print(exposed, flush=True)
   print(
     f"{PROG}: step {run.step}, {s}x{s}, compiled for N=1..{max_patches} in {seconds:.1f} s; "
     f"serving http://{args.host}:{args.port}/",
     flush=True,
   )
-  uvicorn.run(web_app.create_app(demo), host=args.host, port=args.port, log_level="warning")
+  uvicorn.run(web_app.create_app(demo, hosts), host=args.host, port=args.port, log_level="warning")
   return 0
 
 

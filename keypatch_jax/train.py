@@ -361,11 +361,17 @@ def _train(config, workdir: str, meta: dataset_meta.DatasetMeta) -> dict[str, An
     evals = (
       f"; evaluations {summary['eval_s']:.1f} s = {summary['eval_share']:.1%} of the run" if evaluator.seconds else ""
     )
-    print(
-      f"step {step}: test mask IoU {iou['mask_iou']:.3f} (patch-blind baseline, the train split's mean mask: "
-      f"{iou['mask_iou_blind']:.3f}){speed}{evals}",
-      flush=True,
-    )
+    if meta.num_test == 0:  # not a silent NaN: say why there is no score
+      score = (
+        f"no test mask IoU: the test split of {config.data_dir} is empty (--test-count 0, or every image held out "
+        "for it was rejected: preprocess again with a larger --test-count)"
+      )
+    else:
+      score = (
+        f"test mask IoU {iou['mask_iou']:.3f} (patch-blind baseline, the train split's mean mask: "
+        f"{iou['mask_iou_blind']:.3f})"
+      )
+    print(f"step {step}: {score}{speed}{evals}", flush=True)
     warning = periodic_eval.empty_mask_warning(step, iou["mask_iou"], config)
     if warning:
       logging.warning(warning)

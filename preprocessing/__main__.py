@@ -384,6 +384,13 @@ def _preprocess(argv: Sequence[str] | None) -> int:
   try:
     options = content_options(args)
     info = step(options, source, make_settings(args), boxes, command=command_line(options))
+  except OSError as e:  # disk full, read-only or vanished output: one line, not a traceback
+    raise writer_error(args.output, e) from None
+  except Exception as e:
+    tf = sys.modules.get("tensorflow")  # gfile and TFRecordWriter raise tf.errors.OpError, not OSError
+    if tf is not None and isinstance(e, tf.errors.OpError):
+      raise writer_error(args.output, e) from None
+    raise
   except BrokenProcessPool as e:
     print(f"{PROG}: error: a worker process died ({e}); rerun to resume", file=sys.stderr)
     return 1
@@ -410,11 +417,31 @@ def _preprocess(argv: Sequence[str] | None) -> int:
     f"wrote {c['train']} train + {c['test']} test examples to {args.output} "
     f"({rejected} rejected: {info['rejects']}{listed})"
   )
+  if c["test"] == 0 and args.test_count > 0:
+    print(
+      f"{PROG}: warning: the test split is empty: all {args.test_count} images held out for it (--test-count) "
+      f"were rejected; training will report no test mask IoU. Use a larger --test-count (or a new --output)",
+      file=sys.stderr,
+    )
   if args.preview:
     written = min(args.preview, c["train"])  # `run.write_preview` shows the first train examples
     short = f" (the train split has only {c['train']} examples)" if written < args.preview else ""
     print(f"wrote {written} preview images to {os.path.join(args.output, run.PREVIEW_DIR)}{short}")
   return 0
+
+
+def writer_error(output: str, error: Exception) -> errors.UserError:
+  """The one-line error of a failed write under `output` (disk full, read-only, permissions).
+
+  `error` is an OSError, or TensorFlow's `tf.errors.OpError` (gfile and
+  TFRecordWriter raise these; `run.run` turns them into OSError).
+  """
+  where = getattr(error, "filename", None) or output
+  cause = getattr(error, "strerror", None) or " ".join(str(error).split())[:200]
+  return errors.UserError(
+    f"--output {output}: cannot write {where} ({cause}); free space or give a writable --output, "
+    "then rerun the same command: finished shards are kept"
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,12 @@
 """Decoding untrusted image files to 8-bit RGB, with a reason when that fails.
 
 A file is an image if it decodes, whatever its name: OpenCV first, then Pillow
-(GIF, TGA, ICO, ... and anything else either library reads). Every failure is a
-`Reject` carrying one of the `REASONS`, never an exception that could stop a
-run.
+(GIF, TGA, ICO, ... and anything else either library reads). Nothing is
+decoded before `check_header`, the decoding gate shared by preprocessing,
+`sample --patches` and the page, has read the size from the header and found
+it within MAX_PIXELS and MAX_DECODE_BYTES (docs/design.md §2.4). Every failure
+is a `Reject` carrying one of the `REASONS`, never an exception that could
+stop a run.
 """
 
 from __future__ import annotations
@@ -15,14 +18,28 @@ import stat
 import struct
 import warnings
 
-# OpenCV reads this limit once, at its first decode: set it before importing cv2.
+# OpenCV reads this limit once, at its first decode: set it before importing cv2. It is a
+# backstop behind `check_header` (OpenCV applies it to the reduced size of a reduced decode).
 MAX_PIXELS = 50_000_000
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(4 * MAX_PIXELS))
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
+from preprocessing import image_header  # noqa: E402
+from preprocessing.image_header import header_size, sniff_format  # noqa: E402, F401 - this module's API
+
+# Pillow's own backstop: it warns over this many pixels and refuses over twice as many.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# The most a decoder may hold for one image (`image_header.Header.decode_bytes`): an 8-bit RGB
+# image of MAX_PIXELS fits (twice 150 MB: imdecode's peak); a float HDR/PFM/TIFF up to 12.5 MP,
+# a progressive JPEG up to ~33 MP (4:2:0) or 25 MP (4:4:4): its coefficient buffer is full size.
+MAX_DECODE_BYTES = 300_000_000
 MIN_SIDE = 32
+# Longest side over shortest side: a longer image would make a detection frame (shorter side
+# --min-side) of more than MAX_ASPECT * min_side^2 pixels, e.g. 32 x 200000 -> 128 x 800000.
+MAX_ASPECT = 16
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 REASONS = (
@@ -31,8 +48,9 @@ REASONS = (
   "not_an_image",  # neither OpenCV nor Pillow decodes it, and no known image signature
   "truncated",  # a JPEG whose data ends before its end-of-image marker
   "decode_error",  # a known image signature that neither OpenCV nor Pillow decodes
-  "too_large",  # more than MAX_PIXELS and not reducible while decoding
+  "too_large",  # more than MAX_PIXELS (or MAX_DECODE_BYTES to decode) by its header, and not reducible
   "too_small",  # shorter side < MIN_SIDE pixels
+  "too_elongated",  # longer side > MAX_ASPECT x shorter side (the detection frame would be unbounded)
   "smaller_than_crop",  # --center-crop: a side is shorter than the crop (the crop would not be square)
   "too_few_boxes",  # fewer than N boxes survive the filters (or in the --boxes file's row)
   "no_boxes",  # --boxes: the file has no boxes for this image
@@ -46,51 +64,6 @@ class Reject(Exception):
   def __init__(self, reason: str):
     super().__init__(reason)
     self.reason = reason
-
-
-def sniff_format(data: bytes) -> str | None:
-  """'jpeg' | 'png' | 'bmp' | 'webp' | 'gif' | 'tiff' from the file signature, else None."""
-  if data[:3] == b"\xff\xd8\xff":
-    return "jpeg"
-  if data[:8] == b"\x89PNG\r\n\x1a\n":
-    return "png"
-  if data[:2] == b"BM":
-    return "bmp"
-  if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-    return "webp"
-  if data[:6] in (b"GIF87a", b"GIF89a"):
-    return "gif"
-  if data[:4] in (b"II*\x00", b"MM\x00*"):
-    return "tiff"
-  return None
-
-
-def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
-  """(width, height) from a PNG, BMP or JPEG header without decoding, else None."""
-  try:
-    if fmt == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
-      return struct.unpack(">II", data[16:24])
-    if fmt == "bmp" and len(data) >= 26:
-      w, h = struct.unpack("<ii", data[18:26])
-      return abs(w), abs(h)
-    if fmt == "jpeg":
-      i = 2
-      while i + 9 < len(data):
-        if data[i] != 0xFF:
-          i += 1
-          continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-          i += 1 if marker == 0xFF else 2
-          continue
-        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-          h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-          return w, h
-        i += 2 + length
-  except struct.error:
-    return None
-  return None
 
 
 # A JPEG marker in entropy-coded data: 0xFF followed by neither a stuffed 0x00,
@@ -134,26 +107,36 @@ def jpeg_end(data: bytes) -> int | None:
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
-  """Converts a decoded OpenCV image (BGR/BGRA/gray, 8/16-bit or float) to uint8 RGB [H, W, 3]."""
+  """Converts a decoded OpenCV image (BGR/BGRA/gray, 8/16-bit or float) to uint8 RGB [H, W, 3].
+
+  Works in place where it can (the decoder's buffer is not needed afterwards),
+  so the conversion adds at most one 8-bit frame to the decoder's memory.
+  """
   if image.dtype == np.uint16:
-    image = (image >> 8).astype(np.uint8)
+    image = np.right_shift(image, 8, out=image).astype(np.uint8)
   elif image.dtype != np.uint8:
-    image = np.clip(image.astype(np.float32) * (255.0 if image.max() <= 1.0 else 1.0), 0, 255)
-    image = image.astype(np.uint8)
+    image = image.astype(np.float32, copy=False)
+    if image.max() <= 1.0:
+      np.multiply(image, 255.0, out=image)
+    image = np.clip(image, 0, 255, out=image).astype(np.uint8)
   if image.ndim == 2:
     return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
   if image.shape[2] == 1:
     return cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2RGB)
   if image.shape[2] == 4:
     return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+  rows = max(1, (1 << 20) // image.shape[1])  # in place, ~1 MP at a time: no second frame
+  for y in range(0, image.shape[0], rows):
+    block = image[y : y + rows]
+    cv2.cvtColor(block, cv2.COLOR_BGR2RGB, dst=block)
+  return image
 
 
-def _pillow_decode(data: bytes, max_pixels: int) -> np.ndarray | None:
+def _pillow_decode(data: bytes) -> np.ndarray | None:
   """Pillow's decoding of `data` (first frame) as uint8 RGB [H, W, 3], or None if Pillow cannot read it.
 
-  Raises:
-    Reject: 'too_large' when the image has more than `max_pixels` pixels.
+  Only called once `check_header` has passed the file (Pillow's own
+  `Image.MAX_IMAGE_PIXELS` check stops a header that differs from the one read there).
   """
   from PIL import Image, ImageOps
 
@@ -161,46 +144,79 @@ def _pillow_decode(data: bytes, max_pixels: int) -> np.ndarray | None:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the outcome is what counts
       with Image.open(io.BytesIO(data)) as im:
-        if im.width * im.height > max_pixels:
-          raise Reject("too_large")
+        if im.width * im.height > MAX_PIXELS:
+          return None
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit gray: keep the top 8 bits of 16
           return to_rgb8(np.asarray(im).astype(np.uint16))
         return np.ascontiguousarray(np.asarray(im.convert("RGB"), np.uint8))
-  except Reject:
-    raise
   except Exception:  # noqa: BLE001 - untrusted bytes: any failure means "Pillow cannot read it"
     return None
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """Decodes image file bytes to uint8 RGB [H, W, 3], whatever the format.
+def check_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[image_header.Header, int]:
+  """The decoding gate: what may be decoded, judged from the header alone (docs/design.md §2.4).
 
-  OpenCV decodes first; what it cannot read (GIF on some builds, TGA, ICO,
-  ...) goes to Pillow (first frame). Grayscale, 16-bit, palette and alpha
-  images are converted (alpha is dropped; EXIF orientation is applied). JPEGs
-  over `max_pixels` are decoded at a reduced scale (1/2, 1/4 or 1/8); other
-  images over it are rejected. Bytes after a JPEG's end marker are ignored.
+  Returns:
+    (the header, the reduction factor per side: 1, or 2, 4 or 8 for a
+    baseline JPEG over `max_pixels`, which libjpeg decodes reduced in the
+    memory of the reduced image).
+
+  Raises:
+    Reject: 'not_an_image' / 'decode_error' when no parser reads the header
+      (nothing then decodes the file, so no decoder can allocate from a size
+      nobody checked); 'too_large' when the image has more than `max_pixels`
+      pixels (and is not a baseline JPEG that a reduced decode brings under
+      it), or when the decoder would hold more than `MAX_DECODE_BYTES` (a
+      float HDR/PFM/TIFF of more than 12.5 MP, a progressive JPEG of more than
+      25-33 MP, whose coefficient buffer is full size).
+  """
+  header = image_header.read_header(data)
+  if header is None:
+    raise Reject("not_an_image" if image_header.sniff_format(data) is None else "decode_error")
+  if header.width < 1 or header.height < 1:
+    raise Reject("decode_error")
+  factor = 1
+  if header.pixels > max_pixels:
+    if header.fmt != "jpeg" or header.progressive:
+      raise Reject("too_large")
+    factor = next((f for f in (2, 4, 8) if header.pixels / (f * f) <= max_pixels), 0)
+    if not factor:
+      raise Reject("too_large")
+  if header.decode_bytes(factor) > MAX_DECODE_BYTES:
+    raise Reject("too_large")
+  return header, factor
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """Decodes image file bytes to uint8 RGB [H, W, 3], whatever the format, in bounded memory.
+
+  `check_header` judges the file from its header first; nothing is decoded
+  past it. OpenCV decodes first (16-bit images straight to 8 bits, float
+  ones at their depth); what it cannot read (TGA, ICO, ...) goes to Pillow
+  (first frame). Grayscale, 16-bit, palette and alpha images are converted
+  (alpha is dropped; EXIF orientation is applied). Baseline JPEGs over
+  `max_pixels` are decoded at a reduced scale (1/2, 1/4 or 1/8). Bytes after
+  a JPEG's end marker are ignored.
 
   Raises:
     Reject: with the reason (see `REASONS`).
   """
-  fmt = sniff_format(data)
+  fmt = image_header.sniff_format(data)
   if fmt == "jpeg" and jpeg_end(data) is None:
     raise Reject("truncated")
-  flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
-  size = header_size(data, fmt) if fmt else None
-  if size is not None and size[0] * size[1] > max_pixels:
-    factor = next((f for f in (2, 4, 8) if size[0] * size[1] / (f * f) <= max_pixels), None)
-    if fmt != "jpeg" or factor is None:
-      raise Reject("too_large")
+  header, factor = check_header(data, max_pixels)
+  # Integer formats decode straight to 8 bits (libpng and libtiff drop the low byte of 16-bit
+  # samples as they go); float ones keep their depth for `to_rgb8`'s scaling.
+  flags = cv2.IMREAD_COLOR | (cv2.IMREAD_ANYDEPTH if header.sample_bytes > 1 else 0)
+  if factor > 1:
     flags = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(factor, cv2.IMREAD_REDUCED_COLOR_8)
   try:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
   except cv2.error:
     image = None
   if image is None or image.size == 0:
-    image = _pillow_decode(data, max_pixels)
+    image = _pillow_decode(data)
     if image is None or image.size == 0:
       raise Reject("not_an_image" if fmt is None else "decode_error")
     return image
@@ -234,9 +250,19 @@ def read_image_file(path: str) -> np.ndarray:
 
 
 def check_size(image: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
-  """Returns `image` [H, W, 3] if its shorter side is >= min_side, else Reject('too_small')."""
-  if min(image.shape[:2]) < min_side:
+  """Returns `image` [H, W, 3] if detection can use it (docs/design.md §2.4).
+
+  Raises:
+    Reject: 'too_small' when its shorter side is under `min_side`;
+      'too_elongated' when its longer side is over MAX_ASPECT times the
+      shorter one (enlarged to the detection frame's shorter side, a 32 x
+      200000 strip would be 128 x 800000 pixels).
+  """
+  h, w = image.shape[:2]
+  if min(h, w) < min_side:
     raise Reject("too_small")
+  if max(h, w) > MAX_ASPECT * min(h, w):
+    raise Reject("too_elongated")
   return image
 
 

@@ -286,6 +286,9 @@ def write_preview(out_dir: str, info: dict[str, Any], count: int) -> list[str]:
   s, n = info["image_size"], info["num_patches"]
   ds = tf.data.TFRecordDataset(files).map(lambda r: features.parse_example(r, n, s)).take(count)
   preview_dir = os.path.join(out_dir, PREVIEW_DIR)
+  done = [os.path.join(preview_dir, f"preview-{k:03d}.png") for k in range(min(count, info["counts"]["train"]))]
+  if all(tf.io.gfile.exists(p) for p in done):  # a rerun of a complete dataset writes nothing
+    return done
   tf.io.gfile.makedirs(preview_dir)
   paths = []
   for k, ex in enumerate(ds.as_numpy_iterator()):

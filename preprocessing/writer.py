@@ -12,7 +12,8 @@ renamed to `NAME`. A shard whose stats exist and whose file has the recorded
 size is finished and skipped on a rerun; a missing, truncated or emptied one is
 written again; leftover temp files are deleted. `dataset_info.json` and
 `rejects.jsonl` (every rejected item: id, path, reason) are written last, from
-the stats of all shards.
+the stats of all shards, and only when their content changes: a rerun of a
+complete dataset writes nothing (it works on a read-only mount).
 
 Tasks (`--num-tasks K --task-index I`): task I writes every K-th shard of the
 plan starting at I, into the same output directory; each removes only its own
@@ -122,7 +123,8 @@ def prepare_output(
     OutputError: when `out_dir` holds shards made with different options.
   """
   gfile = _gfile()
-  gfile.makedirs(os.path.join(out_dir, STATS_DIR))
+  if not gfile.isdir(os.path.join(out_dir, STATS_DIR)):  # a finished dataset on a read-only mount is not written
+    gfile.makedirs(os.path.join(out_dir, STATS_DIR))
   if owned is None:
     dirs = (out_dir, os.path.join(out_dir, STATS_DIR))
     stale = [p for d in dirs for p in gfile.glob(os.path.join(d, TMP_PREFIX + "*"))]
@@ -223,7 +225,7 @@ def write_info(out_dir: str, shards: Sequence[Shard], info: dict[str, Any]) -> d
     stats = read_json(os.path.join(out_dir, STATS_DIR, shard.name + ".json"))
     rejected.extend(stats.get("rejected", ()))
     shard_files[shard.name] = {"records": stats["count"], "bytes": stats.get("bytes")}
-  write_text_atomic(os.path.join(out_dir, REJECTS_FILE), "".join(json.dumps(r) + "\n" for r in rejected))
+  rejects_text = "".join(json.dumps(r) + "\n" for r in rejected)
   info = dict(info)
   info.update(
     format=features.FORMAT_NAME,
@@ -234,5 +236,20 @@ def write_info(out_dir: str, shards: Sequence[Shard], info: dict[str, Any]) -> d
     shards={s: [sh.name for sh in shards if sh.split == s] for s in SPLITS},
     shard_files=shard_files,
   )
-  write_json_atomic(os.path.join(out_dir, features.INFO_FILE), info)
+  # A rerun of a complete dataset writes nothing (it may be on a read-only mount): only what differs.
+  if _read_text(os.path.join(out_dir, REJECTS_FILE)) != rejects_text:
+    write_text_atomic(os.path.join(out_dir, REJECTS_FILE), rejects_text)
+  info_path = os.path.join(out_dir, features.INFO_FILE)
+  if _read_text(info_path) != json.dumps(info, indent=2, sort_keys=True) + "\n":
+    write_json_atomic(info_path, info)
   return info
+
+
+def _read_text(path: str) -> str | None:
+  """The text of `path`, or None when it cannot be read."""
+  gfile = _gfile()
+  try:
+    with gfile.GFile(path, "r") as f:
+      return f.read()
+  except Exception:  # noqa: BLE001 - missing or unreadable: to be written
+    return None
