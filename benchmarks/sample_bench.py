@@ -23,6 +23,25 @@ from configs import default
 from keypatch_jax import conv_forms, inference, models
 
 
+def measure_sampling(config, batch: int, repeats: int, *, batch_stats: bool = False) -> dict:
+  """Images/s of the jitted eval-mode forward pass of `config`'s generator (random init), and its GFLOP/s.
+
+  The FLOPs are XLA's count of the same pass with the native convolutions (the model's work).
+  """
+  s, n, b = config.image_size, config.num_patches, batch
+  generator, _ = models.build_models(config, batch_size=b)
+  patch_sets = jax.random.uniform(jax.random.key(0), (b, n, s, s, 3), minval=-1.0, maxval=1.0)
+  z = jnp.asarray(inference.noise(0, 0, b, config.model.z_dim))
+  variables = jax.jit(lambda: generator.init(jax.random.key(0), patch_sets[:1], z[:1], train=False))()
+  generate = jax.jit(inference.generate_fn(generator, batch_stats=batch_stats))
+  seconds = common.time_calls(generate, variables, patch_sets, z, repeats=repeats, reduce=min)
+  native = config.copy_and_resolve_references()
+  native.model.upsample, native.model.downsample = "transpose", "native"
+  native_fn = jax.jit(inference.generate_fn(models.build_models(native, batch_size=b)[0], batch_stats=batch_stats))
+  flops = common.xla_flops(native_fn.lower(variables, patch_sets, z))
+  return {"images_per_s": b / seconds, "seconds": seconds, "gflop": flops / 1e9, "gflops_per_s": flops / seconds / 1e9}
+
+
 def main() -> None:
   p = common.parser(__doc__.split("\n")[0], repeats=5)
   p.add_argument("--matmul-size", type=int, default=2048)
@@ -34,20 +53,13 @@ def main() -> None:
   config = default.get_config()
   config.image_size = args.image_size
   config.model.upsample, config.model.downsample = args.upsample, args.downsample
+  config.num_patches = args.num_patches
   s, n, b = args.image_size, args.num_patches, args.batch
-  generator, _ = models.build_models(config, batch_size=b)
-  patch_sets = jax.random.uniform(jax.random.key(0), (b, n, s, s, 3), minval=-1.0, maxval=1.0)
-  z = jnp.asarray(inference.noise(0, 0, b, config.model.z_dim))
-  variables = jax.jit(lambda: generator.init(jax.random.key(0), patch_sets[:1], z[:1], train=False))()
-  generate = jax.jit(inference.generate_fn(generator, batch_stats=args.batch_stats))
-
-  seconds = common.time_calls(generate, variables, patch_sets, z, repeats=args.repeats, reduce=min)
-  config.model.upsample, config.model.downsample = "transpose", "native"
-  native = jax.jit(inference.generate_fn(models.build_models(config, batch_size=b)[0], batch_stats=args.batch_stats))
-  gflops = common.xla_flops(native.lower(variables, patch_sets, z)) / seconds / 1e9
+  sampling = measure_sampling(config, b, args.repeats, batch_stats=args.batch_stats)
+  gflops = sampling["gflops_per_s"]
   peak = common.matmul_gflops(args.matmul_size, args.repeats, reduce=min)
   result = {
-    "images_per_s": b / seconds,
+    "images_per_s": sampling["images_per_s"],
     "gflops_per_s": gflops,
     "matmul_gflops_per_s": peak,
     "roofline_fraction": gflops / peak,

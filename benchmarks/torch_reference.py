@@ -12,7 +12,8 @@ and each fake), as in the official code.
 
 Prints torch images/s, whether the parameter counts equal the JAX model's, and
 the JAX train step's images/s (from benchmarks/train_step_bench.py) with the
-ratio. Needs `pip install torch==2.13.0` (the `bench` extra).
+ratio. Needs `pip install torch==2.13.0` (the `bench` extra). TensorFlow is never
+imported here (nor by train_step_bench): triton, which torch loads, crashes beside it.
 
   python benchmarks/torch_reference.py --image-size 64 --batch 64 --json
 """
@@ -170,15 +171,34 @@ def random_batch(batch: int, n: int, size: int, z_dim: int = 128):
   return u(batch, n, 3, size, size), u(batch, 3, size, size), u(batch, 3, size, size), mask, u(batch, z_dim)
 
 
-def measure_torch(image_size: int, batch: int, num_patches: int, repeats: int, warmup: int) -> dict:
-  """Median seconds per torch train step and images/s, plus parameter counts."""
-  torch.set_num_threads(os.cpu_count())
+def measure_torch(
+  image_size: int,
+  batch: int,
+  num_patches: int,
+  repeats: int,
+  warmup: int,
+  *,
+  device: str = "cpu",
+  conv_dim: int = 64,
+  embed_dim: int = 128,
+  z_dim: int = 128,
+) -> dict:
+  """Median seconds per torch train step and images/s on `device` ("cpu" or "cuda"), plus parameter counts."""
+  if device == "cpu":
+    torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
-  gen, disc = Generator(image_size), Discriminator(image_size)
+  gen = Generator(image_size, conv_dim, embed_dim, z_dim).to(device)
+  disc = Discriminator(image_size, conv_dim).to(device)
   adam = lambda m: torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999))
   opt_g, opt_d = adam(gen), adam(disc)
-  data = random_batch(batch, num_patches, image_size)
-  seconds = common.time_calls(train_step, gen, disc, opt_g, opt_d, data, 0.64, repeats=repeats, warmup=warmup)
+  data = tuple(t.to(device) for t in random_batch(batch, num_patches, image_size, z_dim))
+
+  def one_step() -> None:
+    train_step(gen, disc, opt_g, opt_d, data, 0.64)
+    if device != "cpu":
+      torch.cuda.synchronize()
+
+  seconds = common.time_calls(one_step, repeats=repeats, warmup=warmup)
   count = lambda m: sum(p.numel() for p in m.parameters())
   return {
     "seconds_per_step": seconds,

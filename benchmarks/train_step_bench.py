@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from configs import default
-from keypatch_jax import conv_forms, dataset_meta, input_pipeline, step, train
+from keypatch_jax import compiles, conv_forms, step
 from keypatch_jax.state import create_train_state
 
 
@@ -78,7 +78,7 @@ def measure_jax(config, repeats: int, warmup: int) -> dict:
   native.model.upsample, native.model.downsample = "transpose", "native"
   native_step = step.parallelize(step.step_fn(native, 1000), native.parallel)
   flops = common.xla_flops(native_step.lower(pstate, batch, rng)) * devices
-  counter = train.CompileCounter()  # any further compile during the run is a bug
+  counter = compiles.CompileCounter()  # any further compile during the run is a bug
 
   def one_step():
     nonlocal pstate
@@ -108,6 +108,8 @@ def measure_jax(config, repeats: int, warmup: int) -> dict:
 
 def measure_input(data_dir: str, batch_size: int, steps: int = 30) -> float:
   """Images/s of `input_pipeline.train_iterator` on a preprocessed dataset."""
+  from keypatch_jax import dataset_meta, input_pipeline  # the tf.data reader: only with --data
+
   meta = dataset_meta.load_meta(data_dir)
   config = default.get_config()
   config.image_size, config.num_patches, config.batch_size = meta.image_size, meta.num_patches, batch_size

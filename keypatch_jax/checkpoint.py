@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from keypatch_jax import digests, errors, models, preflight
 from keypatch_jax.state import TrainState, create_train_state
@@ -58,11 +59,7 @@ class CheckpointSaveError(errors.UserError):
 
 def missing_items(directory: str, step: int, items: tuple[str, ...] = ITEMS) -> list[str]:
   """The items of checkpoint `step` under `directory` (WORKDIR/checkpoints) that are absent or incomplete."""
-  import tensorflow as tf
-
-  return [
-    name for name in items if not tf.io.gfile.exists(os.path.join(directory, str(step), name, ITEM_METADATA[name]))
-  ]
+  return [name for name in items if not (epath.Path(directory) / str(step) / name / ITEM_METADATA[name]).exists()]
 
 
 def saved_steps(directory: str) -> list[int]:
@@ -71,11 +68,10 @@ def saved_steps(directory: str) -> list[int]:
   Orbax writes a step under a temporary name and renames it when done, so a
   save that never finished is not listed.
   """
-  import tensorflow as tf
-
-  if not tf.io.gfile.isdir(directory):
+  path = epath.Path(directory)
+  if not path.is_dir():
     return []
-  return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(directory) if name.rstrip("/").isdigit())
+  return sorted(int(child.name) for child in path.iterdir() if child.name.isdigit())
 
 
 def newest_complete_step(
@@ -106,17 +102,15 @@ def describe_skipped(skipped: dict[int, list[str]]) -> str:
 
 def set_aside(workdir: str, steps: list[int], folder: str = INCOMPLETE_DIR) -> str:
   """Moves checkpoint `steps` to WORKDIR/`folder`/ (so new saves can use their numbers); its path."""
-  import tensorflow as tf
-
-  target = os.path.join(workdir, folder)
-  tf.io.gfile.makedirs(target)
+  target = epath.Path(workdir) / folder
+  target.mkdir(parents=True, exist_ok=True)
   for step in steps:
-    dest = os.path.join(target, str(step))
+    dest = target / str(step)
     k = 1
-    while tf.io.gfile.exists(dest):
-      dest, k = os.path.join(target, f"{step}.{k}"), k + 1
-    tf.io.gfile.rename(os.path.join(workdir, CHECKPOINT_DIR, str(step)), dest)
-  return target
+    while dest.exists():
+      dest, k = target / f"{step}.{k}", k + 1
+    (epath.Path(workdir) / CHECKPOINT_DIR / str(step)).rename(dest)
+  return os.fspath(target)
 
 
 def manager(
@@ -337,11 +331,9 @@ def ignore_closed_loop_callbacks() -> None:
 
 def _files(path: str) -> set[str]:
   """Every file below `path` (empty when it is gone)."""
-  import tensorflow as tf
-
   try:
-    return {os.path.join(root, f) for root, _, files in tf.io.gfile.walk(path) for f in files}
-  except tf.errors.OpError:
+    return {os.fspath(p) for p in epath.Path(path).rglob("*") if p.is_file()}
+  except OSError:
     return set()
 
 
@@ -469,33 +461,25 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], workdir: str
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the run's config as JSON next to the checkpoints (sampling reads it)."""
-  import tensorflow as tf
-
-  tf.io.gfile.makedirs(workdir)
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + ".tmp"  # then a rename: an interrupted write never leaves a truncated config.json
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  path = epath.Path(workdir) / CONFIG_FILE
+  tmp = path.with_name(CONFIG_FILE + ".tmp")  # then a rename: an interrupted write never leaves a truncated file
+  tmp.write_text(config.to_json_best_effort(indent=2))
+  tmp.replace(path)
 
 
 def has_config(workdir: str) -> bool:
   """Whether `workdir` holds a run's config.json."""
-  import tensorflow as tf
-
-  return tf.io.gfile.exists(os.path.join(workdir, CONFIG_FILE))
+  return (epath.Path(workdir) / CONFIG_FILE).exists()
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was trained with."""
-  import tensorflow as tf
-
   path = os.path.join(workdir, CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
+  if not epath.Path(path).exists():
     raise CheckpointError(preflight.not_a_workdir(workdir))
   try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      config = ml_collections.ConfigDict(json.loads(f.read()))
+    config = ml_collections.ConfigDict(json.loads(epath.Path(path).read_bytes()))
     config.loss.fakes = tuple(config.loss.fakes)
   except (ValueError, AttributeError, KeyError, TypeError) as e:  # JSON errors are ValueErrors
     raise CheckpointError(f"{path!r} is not a training config ({type(e).__name__}: {e})") from None

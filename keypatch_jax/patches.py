@@ -94,12 +94,67 @@ def random_boxes(
   )
 
 
-def crop(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-  """Crops and resizes (bicubic, as training does) each box: [B, S, S, 3], [B, N, 4] -> [B, N, S, S, 3]."""
-  from keypatch_jax import input_pipeline  # TensorFlow: imported when patches are cut, not for --help
+# TensorFlow's bicubic resize looks its kernel up in a table of 1024 steps per pixel.
+_BICUBIC_TABLE = 1024
 
-  s = images.shape[1]
-  return np.stack([np.asarray(input_pipeline.crop_patches(im, bx, s)) for im, bx in zip(images, boxes, strict=True)])
+
+def bicubic_weights(in_size: int, out_size: int) -> np.ndarray:
+  """The [out_size, in_size] matrix of TensorFlow's bicubic resize along one axis (float32).
+
+  `tf.image.resize(method="bicubic")` without antialiasing (training's patches,
+  docs/design.md §2.3): Keys' cubic kernel (a = -0.5) at half-pixel centres,
+  the sub-pixel offset rounded to 1/1024 as TensorFlow's table does, taps
+  outside the input dropped and the remaining weights renormalised to sum 1.
+  """
+  a = -0.5
+  scale = np.float32(in_size) / np.float32(out_size)
+  loc = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  base = np.floor(loc)
+  t = np.rint((loc - base) * _BICUBIC_TABLE) / _BICUBIC_TABLE
+  d = np.stack([1 + t, t, 1 - t, 2 - t], axis=1).astype(np.float64)  # distances of taps base-1 .. base+2
+  near = ((a + 2) * d - (a + 3)) * d * d + 1
+  far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+  w = np.where(d <= 1, near, far)
+  taps = base[:, None].astype(np.int64) + np.arange(-1, 3)
+  w = np.where((taps >= 0) & (taps < in_size), w, 0.0)
+  w /= w.sum(axis=1, keepdims=True)
+  out = np.zeros((out_size, in_size), np.float64)
+  np.add.at(out, (np.repeat(np.arange(out_size), 4), np.clip(taps, 0, in_size - 1).ravel()), w.ravel())
+  return out.astype(np.float32)
+
+
+def crop_one(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """Crops each box of one image and resizes it (bicubic) to S x S, in NumPy.
+
+  The same patches as training's `input_pipeline.crop_patches` (TensorFlow,
+  inside tf.data; equal to float32 rounding, tests/test_sample.py): box edges
+  rounded half to even and clipped to the image, at least one pixel wide,
+  then `bicubic_weights` along each axis, clipped to [-1, 1]. Sampling and the
+  page cut patches with it, so they need no TensorFlow.
+
+  Args:
+    image: float32 [S, S, 3] in [-1, 1].
+    boxes: [N, 4] (x, y, w, h) in pixels.
+
+  Returns:
+    float32 [N, S, S, 3] in [-1, 1].
+  """
+  s = image.shape[0]
+  boxes = np.asarray(boxes, np.float32)
+  x0 = np.clip(np.round(boxes[:, 0]), 0, s - 1)
+  y0 = np.clip(np.round(boxes[:, 1]), 0, s - 1)
+  x1 = np.clip(np.round(boxes[:, 0] + boxes[:, 2]), x0 + 1, s)
+  y1 = np.clip(np.round(boxes[:, 1] + boxes[:, 3]), y0 + 1, s)
+  out = []
+  for xa, ya, xb, yb in zip(x0.astype(int), y0.astype(int), x1.astype(int), y1.astype(int), strict=True):
+    crop = np.asarray(image[ya:yb, xa:xb], np.float32)
+    out.append(np.einsum("oi,ijc,pj->opc", bicubic_weights(yb - ya, s), crop, bicubic_weights(xb - xa, s)))
+  return np.clip(np.stack(out), -1.0, 1.0).astype(np.float32)
+
+
+def crop(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """Crops and resizes (bicubic, as training does: `crop_one`) each box: [B, S, S, 3], [B, N, 4] -> [B, N, S, S, 3]."""
+  return np.stack([crop_one(im, bx) for im, bx in zip(images, boxes, strict=True)])
 
 
 def combine(patches: np.ndarray, boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:

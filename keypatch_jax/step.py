@@ -34,7 +34,7 @@ def _pmean(tree, axis_name: str | None):
 
 
 def _norm(tree) -> jax.Array:
-  return optax.global_norm(tree).astype(jnp.float32)
+  return optax.tree.norm(tree).astype(jnp.float32)
 
 
 # The `config.loss` fields `train_step` takes as keywords.

@@ -14,8 +14,7 @@ import logging as logging_lib
 import os
 import signal
 import time
-import weakref
-from typing import Any, ClassVar
+from typing import Any
 
 import flax
 import jax
@@ -41,6 +40,7 @@ from keypatch_jax import (
   visualize,
   workdir_lock,
 )
+from keypatch_jax.compiles import CompileCounter
 from keypatch_jax.state import TrainState, create_train_state
 from keypatch_jax.step import AXIS, parallelize, replicate, step_fn, unreplicate
 from keypatch_jax.validation import num_train_steps, validate_config
@@ -68,43 +68,6 @@ def out_of_memory_error(error: Exception, config, step: int) -> OutOfMemoryError
     f"images per device on {devices} device(s) (XLA: {xla}); lower --config.batch_size (e.g. "
     f"{max(devices, batch // 2 // devices * devices)}), try --config.model.dtype=bfloat16, or use more devices"
   )
-
-
-class CompileCounter:
-  """Counts traces and XLA compilations while `active` (jax.monitoring events).
-
-  One `jax.monitoring` listener, registered with the first counter, serves
-  every counter alive. A persistent compilation cache can turn a compile into
-  a cache hit, so the trace count is the robust "compiled once" signal.
-  """
-
-  _TRACE = "/jax/core/compile/jaxpr_trace_duration"
-  _COMPILE = "/jax/core/compile/backend_compile_duration"
-  _counters: ClassVar[weakref.WeakSet] = weakref.WeakSet()
-  _registered: ClassVar[bool] = False
-
-  def __init__(self):
-    self.traces = 0
-    self.compiles = 0
-    self.seconds = 0.0
-    self.active = False
-    CompileCounter._counters.add(self)
-    if not CompileCounter._registered:
-      jax.monitoring.register_event_duration_secs_listener(CompileCounter._dispatch)
-      CompileCounter._registered = True
-
-  @classmethod
-  def _dispatch(cls, event: str, duration: float, **_) -> None:
-    for counter in list(cls._counters):
-      if counter.active:
-        counter._count(event, duration)
-
-  def _count(self, event: str, duration: float) -> None:
-    if event == self._TRACE:
-      self.traces += 1
-    elif event == self._COMPILE:
-      self.compiles += 1
-      self.seconds += duration
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:

@@ -18,7 +18,9 @@ import pytest
 
 from keypatch_jax import inception, pth
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip(
+  "torch", reason="the PyTorch reference (torch, pytorch-fid of the `test` extra) is not installed"
+)
 
 
 def _reference_network():

@@ -16,18 +16,11 @@ import numpy as np
 import pytest
 from conftest import corrupt_copy, timeout, tiny_config
 
-from configs import default, paper, small
-from keypatch_jax import checkpoint, dataset_meta, features, input_pipeline, train
+from keypatch_jax import checkpoint, compiles, dataset_meta, features, input_pipeline, train
 from keypatch_jax.state import create_train_state
 from keypatch_jax.step import parallelize, replicate, step_fn, unreplicate
-from keypatch_jax.validation import validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {
-  "default": default.get_config,
-  **{f"paper:{name}": lambda name=name: paper.get_config(name) for name in paper.DATASETS},
-  **{f"small:{name}": lambda name=name: small.get_config(name) for name in small.CONFIGS},
-}
 
 
 def _params(state):
@@ -161,54 +154,6 @@ def test_other_real_comes_from_outside_the_batch(tiny_data):
     assert not same
 
 
-@pytest.mark.parametrize(
-  "name", [n if n == "small:tiny" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CONFIGS)]
-)
-def test_every_config_builds_and_its_step_traces(name):
-  """Each config's model and step trace (shapes only) at its own S on a tiny batch."""
-  config = CONFIGS[name]()
-  validate_config(config)
-  state = jax.eval_shape(lambda r: create_train_state(config, r), jax.random.key(0))
-  s, n, b = config.image_size, config.num_patches, 2
-  batch = {
-    "image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
-    "other": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
-    "patches": jax.ShapeDtypeStruct((b, n, s, s, 3), jnp.float32),
-    "boxes": jax.ShapeDtypeStruct((b, n, 4), jnp.float32),
-  }
-  new_state, metrics = jax.eval_shape(step_fn(config, 10, axis_name=None), state, batch, jax.random.key(1))
-  assert jax.tree.structure(new_state) == jax.tree.structure(state)
-  assert "g_loss" in metrics and "nonfinite" in metrics
-
-
-ABLATIONS = {
-  "naive_gan": {"loss.fakes": ("G",)},
-  "official_fakes": {"loss.fakes": ("G", "SR", "RS")},
-  "no_mask_net": {"model.use_mask_net": False},
-  "autoencoder": {"loss.adversarial": False},
-  "g_first": {"g_first": True},
-  "official_order": {"d_steps": 2, "g_steps": 1},
-  "no_bn_sync": {"model.sync_batchnorm": False},
-  "transpose_conv": {"model.upsample": "transpose"},
-  "bfloat16": {"model.dtype": "bfloat16"},
-  "sum_reduction": {"loss.reduction": "sum", "loss.lambda_scale": 1.0},
-}
-
-
-@pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_ablations_trace(tiny_data, name):
-  config = tiny_config(tiny_data, **ABLATIONS[name])
-  state = jax.eval_shape(lambda r: create_train_state(config, r), jax.random.key(0))
-  batch = {
-    "image": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
-    "other": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
-    "patches": jax.ShapeDtypeStruct((2, 3, 16, 16, 3), jnp.float32),
-    "boxes": jax.ShapeDtypeStruct((2, 3, 4), jnp.float32),
-  }
-  _, metrics = jax.eval_shape(step_fn(config, 10, axis_name=None), state, batch, jax.random.key(1))
-  assert metrics["g_loss"].dtype == jnp.float32
-
-
 def _one_step(config, batch):
   state = jax.jit(lambda r: create_train_state(config, r))(jax.random.key(0))
   step = jax.jit(step_fn(config, 10, axis_name=None))
@@ -274,8 +219,8 @@ def test_compile_counter_registers_one_listener(monkeypatch):
   """Every CompileCounter shares one jax.monitoring listener, registered once."""
   listeners = []
   monkeypatch.setattr(jax.monitoring, "register_event_duration_secs_listener", listeners.append)
-  monkeypatch.setattr(train.CompileCounter, "_registered", False)
-  first, second = train.CompileCounter(), train.CompileCounter()
+  monkeypatch.setattr(compiles.CompileCounter, "_registered", False)
+  first, second = compiles.CompileCounter(), compiles.CompileCounter()
   assert len(listeners) == 1
   first.active = True
   listeners[0]("/jax/core/compile/jaxpr_trace_duration", 0.5)
