@@ -331,10 +331,19 @@ def ignore_closed_loop_callbacks() -> None:
 
 def _files(path: str) -> set[str]:
   """Every file below `path` (empty when it is gone)."""
-  try:
-    return {os.fspath(p) for p in epath.Path(path).rglob("*") if p.is_file()}
-  except OSError:
-    return set()
+  out, todo = set(), [epath.Path(path)]
+  while todo:
+    folder = todo.pop()
+    try:
+      children = list(folder.iterdir())
+    except OSError:  # gone (or never there)
+      continue
+    for child in children:
+      if child.is_dir():
+        todo.append(child)
+      else:
+        out.add(os.fspath(child))
+  return out
 
 
 def read_newest(
