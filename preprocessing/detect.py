@@ -41,7 +41,7 @@ class BoxFilter:
   max_aspect: float = 1.5
   nms_iou: float = 0.2
   max_box_height: float | None = None
-  centre_weight: float = 3.0
+  centre_weight: float = 1.0
   border_weight: float = 0.0
   selection: str = "nms"
 

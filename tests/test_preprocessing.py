@@ -79,13 +79,13 @@ def test_select_boxes_filters_then_ranks_and_clips():
 def test_priors_rank_centre_over_border_and_are_one_flag_away():
   boxes = np.array([[0, 0, 40, 40], [44, 44, 40, 40], [80, 40, 40, 40]], np.float32)
   scores = np.array([0.9, 0.5, 0.6], np.float32)
-  f = detect.BoxFilter(num_patches=1)
+  f = detect.BoxFilter(num_patches=1, centre_weight=3.0, border_weight=5.0)
   # The corner box touches the border, the right box's centre is off-centre: the middle box wins.
   np.testing.assert_array_equal(detect.select_boxes(boxes, scores, 128, 128, f), boxes[[1]])
   paper = detect.BoxFilter(num_patches=1, centre_weight=0.0, border_weight=0.0)
   np.testing.assert_array_equal(detect.prior_scores(boxes, scores, 128, 128, paper), scores)
   np.testing.assert_array_equal(detect.select_boxes(boxes, scores, 128, 128, paper), boxes[[0]])
-  ranked = detect.prior_scores(boxes, scores, 128, 128, detect.BoxFilter(border_weight=0.0))
+  ranked = detect.prior_scores(boxes, scores, 128, 128, detect.BoxFilter(centre_weight=3.0, border_weight=0.0))
   assert ranked[1] > ranked[2] > ranked[0]  # without the border prior: by centre distance, then score
 
 
