@@ -58,15 +58,18 @@ def _integer(value: Any) -> bool:
   return float(value).is_integer()
 
 
+# The rule most fields share: (test, what it must be).
+POSITIVE_INTEGER: tuple[Callable[[Any], bool], str] = (lambda v: _integer(v) and v >= 1, "an integer >= 1")
+
 # Every numeric field of configs/default.py: (field, test, what it must be), checked before anything is written.
 RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-  ("image_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-  ("num_patches", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-  ("shuffle_buffer", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-  ("prefetch", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-  ("model.conv_dim", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-  ("model.embed_dim", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-  ("model.z_dim", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("image_size", *POSITIVE_INTEGER),
+  ("num_patches", *POSITIVE_INTEGER),
+  ("shuffle_buffer", *POSITIVE_INTEGER),
+  ("prefetch", *POSITIVE_INTEGER),
+  ("model.conv_dim", *POSITIVE_INTEGER),
+  ("model.embed_dim", *POSITIVE_INTEGER),
+  ("model.z_dim", *POSITIVE_INTEGER),
   ("loss.lambda_start", lambda v: -30 <= v <= 30, "a finite log10 of λ in [-30, 30]"),
   ("loss.lambda_end", lambda v: -30 <= v <= 30, "a finite log10 of λ in [-30, 30]"),
   ("loss.lambda_scale", lambda v: v > 0, "a finite number > 0"),
@@ -75,20 +78,20 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
   ("b1", lambda v: 0 <= v < 1, "in [0, 1)"),
   ("b2", lambda v: 0 <= v < 1, "in [0, 1)"),
   ("d_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-  ("g_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("g_steps", *POSITIVE_INTEGER),
   ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
-  ("batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("batch_size", *POSITIVE_INTEGER),
   ("num_epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
   ("num_train_steps", lambda v: _integer(v) and (v == -1 or v >= 1), "-1 (use num_epochs) or an integer >= 1"),
   ("seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
-  ("log_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-  ("image_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-  ("checkpoint_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("log_every_steps", *POSITIVE_INTEGER),
+  ("image_every_steps", *POSITIVE_INTEGER),
+  ("checkpoint_every_steps", *POSITIVE_INTEGER),
   ("max_to_keep", lambda v: _integer(v) and v >= 1, "an integer >= 1 (checkpoints kept)"),
-  ("eval_batches", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("eval_batches", *POSITIVE_INTEGER),
   ("eval_every_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: no evaluation during training)"),
   ("eval_max_share", lambda v: 0 < v <= 1, "in (0, 1]"),
-  ("kid_subsets", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+  ("kid_subsets", *POSITIVE_INTEGER),
 )
 
 

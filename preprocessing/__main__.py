@@ -62,63 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
     help="detection preset: part-sized, near-square boxes kept apart (parts, default) or paper §4's filters "
     "and EdgeBoxes' own ranking (paper); the flags below override single values",
   )
-  parts, paper = detect.PRESETS["parts"], detect.PRESETS["paper"]
+  presets = {name: preset_values(name) for name in detect.PRESETS}
 
-  def preset_help(text: str, field: str, fmt=lambda v: v) -> str:
-    got = [
-      fmt(getattr(p.box_filter, field, None) if hasattr(p.box_filter, field) else getattr(p, field))
-      for p in (parts, paper)
-    ]
-    return f"{text} (parts: {got[0]}, paper: {got[1]})"
+  def preset_option(dest: str, text: str, **kwargs) -> None:
+    """A flag whose default comes from the `--key-patches` preset (both presets' values in its help)."""
+    shown = ", ".join(f"{name}: {values[dest]}" for name, values in presets.items())
+    a("--" + dest.replace("_", "-"), default=None, help=f"{text} ({shown})", **kwargs)
 
-  a("--min-area", type=float, default=None, help=preset_help("min box area, fraction of the image", "min_area"))
-  a("--max-area", type=float, default=None, help=preset_help("max box area, fraction of the image", "max_area"))
-  a("--max-aspect", type=float, default=None, help=preset_help("keep 1/A <= w/h <= A", "max_aspect"))
-  a("--nms-iou", type=float, default=None, help=preset_help("greedy NMS IoU threshold", "nms_iou"))
+  preset_option("min_area", "min box area, fraction of the image", type=float)
+  preset_option("max_area", "max box area, fraction of the image", type=float)
+  preset_option("max_aspect", "keep 1/A <= w/h <= A", type=float)
+  preset_option("nms_iou", "greedy NMS IoU threshold", type=float)
   a(
     "--max-box-height",
     type=float,
     default=None,
     help="waterfall preset (0.7): tall boxes up to this height fraction skip --max-area",
   )
-  a(
-    "--scoring",
+  preset_option(
+    "scoring",
+    "rank boxes by EdgeBoxes' score with centre and border priors or by its score alone",
     choices=("priors", "edgeboxes"),
-    default=None,
-    help="rank boxes by EdgeBoxes' score with centre and border priors or by its score alone "
-    "(parts: priors, paper: edgeboxes)",
   )
-  a(
-    "--centre-weight",
-    type=float,
-    default=None,
-    help=preset_help("--scoring priors: weight c of the centre prior", "centre_weight"),
-  )
-  a(
-    "--border-weight",
-    type=float,
-    default=None,
-    help=preset_help("--scoring priors: weight b of the border prior", "border_weight"),
-  )
-  a(
-    "--selection",
+  preset_option("centre_weight", "--scoring priors: weight c of the centre prior", type=float)
+  preset_option("border_weight", "--scoring priors: weight b of the border prior", type=float)
+  preset_option(
+    "selection",
+    "--scoring priors: the top N after NMS or the N boxes that cover the proposals' consensus",
     choices=("coverage", "nms"),
-    default=None,
-    help="--scoring priors: the top N after NMS (nms, both presets) or the N boxes that cover the proposals' "
-    "consensus (coverage)",
   )
-  a(
-    "--edge-smoothing",
-    type=float,
-    default=None,
-    help=preset_help("σ in pixels of the blur before the gradient edge map", "edge_smoothing"),
-  )
-  a(
-    "--edgeboxes-beta",
-    type=float,
-    default=None,
-    help=preset_help("EdgeBoxes' NMS threshold between its proposals", "edgeboxes_beta"),
-  )
+  preset_option("edge_smoothing", "σ in pixels of the blur before the gradient edge map", type=float)
+  preset_option("edgeboxes_beta", "EdgeBoxes' NMS threshold between its proposals", type=float)
   a(
     "--test-count",
     type=int,
@@ -152,24 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
-  """Fills the detection options left unset from the `--key-patches` preset (in place; returns `args`)."""
-  preset = detect.PRESETS[args.key_patches]
+def preset_values(name: str) -> dict:
+  """The detection options of `--key-patches` preset `name` (`detect.PRESETS`), by argparse destination."""
+  preset = detect.PRESETS[name]
   f = preset.box_filter
-  paper = f.centre_weight == 0 and f.border_weight == 0
-  fill = {
+  return {
     "min_area": f.min_area,
     "max_area": f.max_area,
     "max_aspect": f.max_aspect,
     "nms_iou": f.nms_iou,
-    "scoring": "edgeboxes" if paper else "priors",
+    "scoring": "edgeboxes" if f.centre_weight == 0 and f.border_weight == 0 else "priors",
     "centre_weight": f.centre_weight,
     "border_weight": f.border_weight,
     "selection": f.selection,
     "edge_smoothing": preset.edge_smoothing,
     "edgeboxes_beta": preset.edgeboxes_beta,
   }
-  for key, value in fill.items():
+
+
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+  """Fills the detection options left unset from the `--key-patches` preset (in place; returns `args`)."""
+  for key, value in preset_values(args.key_patches).items():
     if getattr(args, key) is None:
       setattr(args, key, value)
   return args
