@@ -2,15 +2,18 @@
 
   python benchmarks/preprocess_bench.py [--num-images 400] [--json]
   python benchmarks/preprocess_bench.py --folder ../shared/data/celeba_train --center-crop 54 --json
+  python benchmarks/preprocess_bench.py --edges gradient ...    # the pipeline with the other edge map
 
 Measures, on the built-in synthetic faces at --min-side 128:
   * raw: gradient edge map + `cv2.ximgproc` EdgeBoxes `getBoundingBoxes` on
     pre-generated images, one thread, in this process;
   * pipeline: the whole `preprocessing` run (generate, detect, filter, resize,
     encode, write TFRecords) with 1 and 2 worker processes, TensorFlow already
-    imported (its import is a one-off ~5 s that this does not count).
-Targets: pipeline >= 80% of raw per worker, >= 1.8x on 2 workers. Each figure
-is the best of --repeats runs (the machine is shared and noisy).
+    imported (its import is a one-off ~5 s that this does not count), with
+    --edges (default: preprocessing's default, HED; its edge maps run in the
+    parent process on its JAX device, see docs/design.md §2.1).
+Targets (--edges gradient): pipeline >= 80% of raw per worker, >= 1.8x on 2
+workers. Each figure is the best of --repeats runs (the machine is shared and noisy).
 
 Per core: images per CPU second of the whole run (workers and the writing
 process together), which does not depend on how busy the machine is; with
@@ -65,7 +68,9 @@ CELEBA_IMAGES = 202_599
 HOST_CORES = 96
 
 
-def pipeline_rate(num_images: int, workers: int, folder: str | None = None, crop: int = 0) -> tuple[float, float]:
+def pipeline_rate(
+  num_images: int, workers: int, folder: str | None = None, crop: int = 0, edges: str = "hed"
+) -> tuple[float, float]:
   """(images per wall second, images per CPU second) of a whole `preprocessing` run.
 
   CPU seconds include the worker processes (reaped when the run ends), so the
@@ -74,6 +79,7 @@ def pipeline_rate(num_images: int, workers: int, folder: str | None = None, crop
   spec = "synthetic" if folder is None else f"folder:{folder}"
   argv = ["--source", spec, "--num-images", str(num_images), "--image-size", "64", "--center-crop", str(crop)]
   argv += ["--min-side", "128", "--workers", str(workers), "--quiet", "--output", "unused", "--test-count", "8"]
+  argv += ["--edges", edges]
   args = cli.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
     options = vars(args) | {"output": tmp}
@@ -93,6 +99,7 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--folder", default=None, help="measure on the first --num-images files of this image folder")
   p.add_argument("--center-crop", type=int, default=0, help="with --folder: the preprocessing --center-crop")
+  p.add_argument("--edges", choices=detect.EDGE_MAPS, default=cli.preset_values("parts")["edges"])
   p.add_argument("--json", action="store_true")
   a = p.parse_args()
   run._init_tf()  # the one-off TensorFlow import, outside the timings
@@ -108,14 +115,15 @@ def main() -> None:
   raw, one, two, cpu_one, cpu_two = 0.0, 0.0, 0.0, 0.0, 0.0
   for _ in range(a.repeats):
     raw = max(raw, raw_edgeboxes_rate(images, settings))
-    r1, c1 = pipeline_rate(a.num_images, 1, a.folder, a.center_crop)
-    r2, c2 = pipeline_rate(a.num_images, 2, a.folder, a.center_crop)
+    r1, c1 = pipeline_rate(a.num_images, 1, a.folder, a.center_crop, a.edges)
+    r2, c2 = pipeline_rate(a.num_images, 2, a.folder, a.center_crop, a.edges)
     one, two, cpu_one, cpu_two = max(one, r1), max(two, r2), max(cpu_one, c1), max(cpu_two, c2)
   per_core = cpu_one
   hours = CELEBA_IMAGES / (per_core * HOST_CORES) / 3600
   result = {
     "source": a.folder or "synthetic",
     "num_images": len(images),
+    "edges": a.edges,
     "cpu_count": os.cpu_count(),
     "raw_edgeboxes_images_per_s": round(raw, 2),
     "images_per_s_1worker": round(one, 2),
@@ -131,8 +139,8 @@ def main() -> None:
     "load_average_1min": round(os.getloadavg()[0], 2),
   }
   print(f"raw EdgeBoxes (edge map + getBoundingBoxes), 1 thread: {raw:.1f} images/s")
-  print(f"pipeline, 1 worker:  {one:.1f} images/s ({one / raw:.0%} of raw; target >= 80%)")
-  print(f"pipeline, 2 workers: {two:.1f} images/s ({two / one:.2f}x; target >= 1.8x)")
+  print(f"pipeline (--edges {a.edges}), 1 worker:  {one:.1f} images/s ({one / raw:.0%} of raw gradient EdgeBoxes)")
+  print(f"pipeline (--edges {a.edges}), 2 workers: {two:.1f} images/s ({two / one:.2f}x)")
   print(
     f"per CPU second: 1 worker {cpu_one:.1f}, 2 workers {cpu_two:.1f} images; load average "
     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (scaling needs idle cores)"

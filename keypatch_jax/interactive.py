@@ -45,14 +45,34 @@ def detection_settings(info: dict | None, image_size: int, max_patches: int):
     options.setdefault("selection", "nms")
     options.setdefault("edge_smoothing", 0.0)  # datasets written before `--key-patches`
     options.setdefault("edgeboxes_beta", 0.75)
+    options.setdefault("edges", "gradient")  # datasets written before HED edges
   for key, value in options.items():
     if hasattr(args, key):
       setattr(args, key, value)
   args.image_size, args.num_patches = image_size, max_patches
   if args.sed_model and not os.path.isfile(args.sed_model):
     print(f"{PROG}: the dataset's --sed-model {args.sed_model!r} is not here; proposing boxes from gradient edges")
-    args.sed_model = None
+    args.sed_model, args.edges = None, "gradient"
+  if args.edges == "hed" and not args.sed_model:
+    args.hed_weights_file = _hed_weights(args.hed_weights)
+    if args.hed_weights_file is None:
+      args.edges = "gradient"
   return make_settings(args)
+
+
+def _hed_weights(path: str | None) -> str | None:
+  """The HED weights file for the page's box proposals (`hed_weights.locate`), or None (one line says why)."""
+  from keypatch_jax import errors
+  from preprocessing import hed_weights
+
+  if path and not os.path.isfile(path):
+    print(f"{PROG}: the dataset's --hed-weights {path!r} is not here; using the default HED weights")
+    path = None
+  try:
+    return hed_weights.locate(path)
+  except errors.UserError as e:
+    print(f"{PROG}: {e}; proposing boxes from gradient edges")
+    return None
 
 
 class Demo:

@@ -79,6 +79,7 @@ def process_all(
   workers: int,
   total: int,
   quiet: bool,
+  settings: worker.Settings,
 ) -> Iterator[worker.Result]:
   """Processes (item, given) pairs on `pool` (None: in-process); results in item order, with a progress bar.
 
@@ -97,20 +98,51 @@ def process_all(
     file=sys.stderr,
   )
   try:
-    if pool is None:
-      for item, given in items:
-        yield worker.process_item(item, given)
-        bar.update(1)
-      return
-    queue: collections.deque = collections.deque()
-    for batch in chunked(items, CHUNK):
-      queue.append(pool.submit(worker.process_items, batch))
-      if len(queue) >= IN_FLIGHT_PER_WORKER * workers:
-        yield from _drain_one(queue, bar)
-    while queue:
-      yield from _drain_one(queue, bar)
+    yield from finish_pending(_processed(pool, items, workers, bar), settings)
   finally:
     bar.close()
+
+
+def _processed(pool, items, workers: int, bar) -> Iterator[worker.Result]:
+  if pool is None:
+    for item, given in items:
+      yield worker.process_item(item, given)
+      bar.update(1)
+    return
+  queue: collections.deque = collections.deque()
+  for batch in chunked(items, CHUNK):
+    queue.append(pool.submit(worker.process_items, batch))
+    if len(queue) >= IN_FLIGHT_PER_WORKER * workers:
+      yield from _drain_one(queue, bar)
+  while queue:
+    yield from _drain_one(queue, bar)
+
+
+def finish_pending(results: Iterable[worker.Result], settings: worker.Settings) -> Iterator[worker.Result]:
+  """Passes finished results on and finishes pending ones (HED detection) `hed.BATCH` frames at a time.
+
+  The edge maps are computed here, in the parent, on its default JAX device
+  (the accelerator where there is one); at most one batch is held.
+  """
+  pending: list[worker.Result] = []
+
+  def flush() -> Iterator[worker.Result]:
+    probabilities = worker.edge_model(settings.hed_weights)([r.frame for r in pending])
+    for r, p in zip(pending, probabilities, strict=True):
+      yield worker.finish_item(r, p, settings)
+    pending.clear()
+
+  for r in results:
+    if not r.pending:
+      yield r
+      continue
+    from preprocessing import hed  # JAX is imported only when HED runs
+
+    pending.append(r)
+    if len(pending) == hed.BATCH:
+      yield from flush()
+  if pending:
+    yield from flush()
 
 
 def _drain_one(queue: collections.deque, bar) -> Iterator[worker.Result]:
@@ -189,7 +221,7 @@ def run(
     pending = writer.missing_shards(out_dir, owned)
     owner = {i: s for s in pending for i in s.indices}
     items = ((item, None if boxes is None else boxes.given[item[0]]) for item in source.items(set(owner)))
-    results = process_all(pool, items, options["workers"], len(owner), options["quiet"])
+    results = process_all(pool, items, options["workers"], len(owner), options["quiet"], settings)
     write_shards(out_dir, source, pending, owner, results)
   finally:
     if pool is not None:
@@ -250,7 +282,7 @@ def _write_info(
     "num_patches": settings.box_filter.num_patches,
     "num_labels": source.num_labels,
     "num_source_images": len(source.ids),
-    "edge_method": "boxes_file" if boxes is not None else "structured" if settings.sed_model else "gradient",
+    "edge_method": "boxes_file" if boxes is not None else "structured" if settings.sed_model else settings.edges,
     "box_format": "xywh_pixels",
     "command": command,
   }

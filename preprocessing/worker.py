@@ -3,6 +3,11 @@
 No TensorFlow here: workers only need OpenCV and NumPy, so they start fast and
 scale with the number of cores. `process_item` is a pure function of the item
 and the `Settings` installed by `init_worker`.
+
+With HED edges (`Settings.edges == "hed"`) detection runs in two halves: a
+worker decodes and returns the detection frame (a pending `Result`), the
+parent process computes HED edge maps of many frames at once on its
+accelerator (`edge_model`) and `finish_item` turns each into boxes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ class Settings:
     edge_smoothing: σ (detection-frame pixels) of the blur before the gradient
       edge map (`detect.gradient_edges`; not used with `sed_model`).
     edgeboxes_beta: EdgeBoxes' NMS threshold between its proposals.
+    edges: the edge map, "hed" or "gradient" (`detect.Preset.edges`; not
+      used with `sed_model`).
+    hed_weights: the HED weights file for "hed" (None: `hed_weights.locate`'s).
     sed_model: path of a structured-edge model (model.yml.gz) or None.
     boxes_scale: F of the frame of boxes given from a file (`--boxes-scale`),
       None for pixels of the image after `center_crop`.
@@ -42,6 +50,8 @@ class Settings:
   box_filter: detect.BoxFilter = detect.PRESETS["parts"].box_filter
   edge_smoothing: float = detect.PRESETS["parts"].edge_smoothing
   edgeboxes_beta: float = detect.PRESETS["parts"].edgeboxes_beta
+  edges: str = detect.PRESETS["parts"].edges
+  hed_weights: str | None = None
   sed_model: str | None = None
   boxes_scale: float | None = None
 
@@ -55,7 +65,9 @@ class Result(NamedTuple):
   """One processed item: `reason` is None when accepted.
 
   `image` is uint8 [S, S, 3] and `boxes` float32 [N, 4] in S pixels when
-  accepted, else both None.
+  accepted, else both None. A pending result (HED detection, see the module
+  docstring) has `boxes` None and the uint8 detection frame [h, w, 3] in
+  `frame`, for `finish_item`.
   """
 
   index: int
@@ -63,10 +75,16 @@ class Result(NamedTuple):
   image: np.ndarray | None
   boxes: np.ndarray | None
   label: int
+  frame: np.ndarray | None = None
+
+  @property
+  def pending(self) -> bool:
+    return self.frame is not None
 
 
 _settings: Settings | None = None
 _sed = None
+_edge_models: dict = {}  # weights path -> hed.EdgeModel (JAX is imported only where HED runs)
 
 
 def init_worker(settings: Settings) -> None:
@@ -79,20 +97,47 @@ def init_worker(settings: Settings) -> None:
     _sed = cv2.ximgproc.createStructuredEdgeDetection(settings.sed_model)
 
 
+def edge_model(path: str | None):
+  """The `hed.EdgeModel` of weights file `path` (None: `hed_weights.locate`'s), loaded once per process.
+
+  Raises:
+    errors.UserError: no weights file (see `hed_weights.locate`) or not a HED weights file.
+  """
+  from preprocessing import hed, hed_weights
+
+  path = path or hed_weights.locate(None)
+  if path not in _edge_models:
+    _edge_models[path] = hed.EdgeModel(*hed_weights.read(path))
+  return _edge_models[path]
+
+
+def uses_hed(settings: Settings, sed=None) -> bool:
+  """Whether detection with `settings` computes HED edge maps."""
+  return settings.edges == "hed" and sed is None and not settings.sed_model
+
+
 def detect_boxes(image: np.ndarray, settings: Settings, sed=None) -> tuple[np.ndarray, tuple[int, int]]:
-  """Key-patch boxes of an RGB image [H, W, 3] in its detection frame.
+  """Key-patch boxes of an RGB image [H, W, 3] in its detection frame (HED edges computed here, one image).
 
   Returns:
     (boxes float32 [M, 4] in detection-frame pixels, M <= N, best first,
     detection frame shape (h, w)).
   """
   det = detect.resize_short_side(image, settings.min_side)
-  h, w = det.shape[:2]
-  f = settings.box_filter
+  if uses_hed(settings, sed):
+    probability = edge_model(settings.hed_weights)([det])[0]
+    return boxes_from_edges(*detect.thin_edges(probability), settings), det.shape[:2]
   if sed is None:
     edges, orientation = detect.gradient_edges(det, settings.edge_smoothing)
   else:
     edges, orientation = detect.structured_edges(det, sed)
+  return boxes_from_edges(edges, orientation, settings), det.shape[:2]
+
+
+def boxes_from_edges(edges: np.ndarray, orientation: np.ndarray, settings: Settings) -> np.ndarray:
+  """EdgeBoxes on a thin edge map [h, w] and its orientation, then the filters: boxes [M, 4], M <= N, best first."""
+  h, w = edges.shape
+  f = settings.box_filter
   boxes, scores = detect.edge_boxes(
     edges,
     orientation,
@@ -101,7 +146,7 @@ def detect_boxes(image: np.ndarray, settings: Settings, sed=None) -> tuple[np.nd
     max_aspect=f.max_aspect,
     beta=settings.edgeboxes_beta,
   )
-  return detect.select_boxes(boxes, scores, h, w, f), (h, w)
+  return detect.select_boxes(boxes, scores, h, w, f)
 
 
 def place_boxes(given: np.ndarray, height: int, width: int, scale: float | None) -> np.ndarray:
@@ -127,9 +172,7 @@ def make_example(
   Raises:
     images.Reject: 'too_small', 'too_few_boxes' or 'box_outside_image'.
   """
-  if settings.center_crop > 0:
-    image = images.center_crop(image, settings.center_crop)
-  images.check_size(image)
+  image = cropped(image, settings)
   if given is None:
     boxes, (h, w) = detect_boxes(image, settings, sed)
   else:
@@ -138,6 +181,31 @@ def make_example(
   if len(boxes) < settings.box_filter.num_patches:
     raise images.Reject("too_few_boxes")
   return model_image(image, settings), detect.scale_boxes(boxes, h, w, settings.image_size)
+
+
+def cropped(image: np.ndarray, settings: Settings) -> np.ndarray:
+  """The image after the `center_crop`, checked to be large enough (`images.Reject` 'too_small')."""
+  if settings.center_crop > 0:
+    image = images.center_crop(image, settings.center_crop)
+  images.check_size(image)
+  return image
+
+
+def pending_example(image: np.ndarray, settings: Settings, index: int, label: int) -> Result:
+  """The first half of HED detection (module docstring): the stored picture and the detection frame."""
+  image = cropped(image, settings)
+  return Result(
+    index, None, model_image(image, settings), None, label, detect.resize_short_side(image, settings.min_side)
+  )
+
+
+def finish_item(result: Result, probability: np.ndarray, settings: Settings) -> Result:
+  """The second half: a pending `Result` and the HED edge probability [h, w] of its frame -> the final `Result`."""
+  h, w = result.frame.shape[:2]
+  boxes = boxes_from_edges(*detect.thin_edges(probability), settings)
+  if len(boxes) < settings.box_filter.num_patches:
+    return Result(result.index, "too_few_boxes", None, None, -1)
+  return result._replace(boxes=detect.scale_boxes(boxes, h, w, settings.image_size), frame=None)
 
 
 def model_image(image: np.ndarray, settings: Settings) -> np.ndarray:
@@ -165,6 +233,8 @@ def process_item(item: sources.Item, given: Given = None) -> Result:
     return Result(index, given, None, None, -1)
   try:
     image, label = sources.load_item(item)
+    if given is None and uses_hed(_settings, _sed):
+      return pending_example(image, _settings, index, label)
     out, boxes = make_example(image, _settings, _sed, given)
   except images.Reject as r:
     return Result(index, r.reason, None, None, -1)

