@@ -19,9 +19,11 @@ What it runs, each part on its own so that one failure keeps the others:
   3. the PyTorch reference of the same networks, losses and update order
      (benchmarks/torch_reference.py) on the same device: the JAX/PyTorch ratio;
   4. sampling images/s (`sample_bench.measure_sampling`);
-  5. the page's generate request (`interactive.Demo.result`: crop, generate,
+  5. HED edge maps (`preprocessing.hed.EdgeModel`, the default key patches'
+     edges; random weights of the real shapes) on 128 x 128 frames: frames/s;
+  6. the page's generate request (`interactive.Demo.result`: crop, generate,
      paste, PNGs) latency, through HTTP too when FastAPI is installed;
-  6. the quick tests of models, losses, the step and the conv forms on the device.
+  7. the quick tests of models, losses, the step and the conv forms on the device.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ FULL = {
   "repeats": 5,
   "warmup": 2,
   "sample_batch": 64,
+  "hed": (128, (64, 128, 256, 512, 512), 20),  # frame side, VGG16-HED widths, batches timed
 }
 DRY = {"steps": [(16, 8)], "dtypes": ("float32",), "widths": (8, 16, 8), "repeats": 1, "warmup": 1, "sample_batch": 8}
+DRY["hed"] = (32, (4, 4, 4, 4, 4), 2)
 QUICK_TESTS = ["tests/test_models.py", "tests/test_losses.py", "tests/test_step.py", "tests/test_conv_forms.py"]
 
 
@@ -166,6 +170,28 @@ def sampling(image_size: int, plan: dict) -> dict:
   return r
 
 
+def hed_edges(plan: dict) -> dict:
+  """Frames/s of HED edge maps, `hed.BATCH` frames a call, after one compiling call."""
+  import jax.numpy as jnp
+
+  from preprocessing import hed
+
+  side, widths, batches = plan["hed"]
+  model = hed.HED(widths=widths)
+  params = model.init(jax.random.key(0), jnp.zeros((1, side, side, 3)))
+  edges = hed.EdgeModel(params, model.depths, widths)
+  frames = list(np.random.default_rng(0).integers(0, 256, (hed.BATCH, side, side, 3), np.uint8))
+  t = time.perf_counter()
+  edges(frames)
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  for _ in range(batches):
+    edges(frames)
+  per_s = batches * len(frames) / (time.perf_counter() - t)
+  print(f"HED edge maps {side}x{side}, batch {hed.BATCH}: compile {compile_s:.1f} s, {per_s:.1f} frames/s", flush=True)
+  return {"frame_side": side, "batch": hed.BATCH, "compile_s": compile_s, "frames_per_s": per_s}
+
+
 def page(image_size: int, plan: dict, requests: int) -> dict:
   """Latency of the page's generate request on a random-init generator (no checkpoint needed)."""
   from keypatch_jax import inference, interactive, models, uploads
@@ -224,7 +250,7 @@ def quick_tests(dry_run: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--dry-run", action="store_true", help="tiny shapes and widths (CPU, CI)")
-  p.add_argument("--skip", default="", help="comma-separated parts to skip: step,forms,torch,sample,page,tests")
+  p.add_argument("--skip", default="", help="comma-separated parts to skip: step,forms,torch,sample,hed,page,tests")
   p.add_argument("--requests", type=int, default=20, help="page requests timed")
   args = p.parse_args(argv)
   plan, skip = DRY if args.dry_run else FULL, set(filter(None, args.skip.split(",")))
@@ -266,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
     _part(results, "torch_reference", torch_reference, *first, plan, jax_rate)
   if "sample" not in skip:
     _part(results, "sampling", sampling, first[0], plan)
+  if "hed" not in skip:
+    _part(results, "hed_edges", hed_edges, plan)
   if "page" not in skip:
     _part(results, "page", page, first[0], plan, 3 if args.dry_run else args.requests)
   if "tests" not in skip:

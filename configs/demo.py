@@ -3,7 +3,7 @@
 `python -m keypatch_jax.demo --workdir WORKDIR` runs exactly these steps:
 
   python -m preprocessing --source synthetic:aligned --num-images 2000 --image-size 32 \
-      --preview 8 --output WORKDIR/data
+      --edges gradient --preview 8 --output WORKDIR/data
   python -m keypatch_jax.main --config configs/demo.py --workdir WORKDIR/train \
       --config.data_dir=WORKDIR/data
   python -m keypatch_jax.sample --workdir WORKDIR/train --data WORKDIR/data --output WORKDIR/samples.png

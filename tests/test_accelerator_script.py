@@ -39,10 +39,11 @@ def test_dry_run_runs_every_part_and_ends_with_json(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["dry_run"] and result["backend"] == "cpu"
-  parts = ["step_S16_float32", "step_other_forms", "sampling", "page", "quick_tests"]
+  parts = ["step_S16_float32", "step_other_forms", "sampling", "hed_edges", "page", "quick_tests"]
   for part in parts:
     assert "error" not in result[part], (part, result[part])
   assert result["step_S16_float32"]["compiles"] == 1 and result["step_S16_float32"]["mfu"] > 0
+  assert result["hed_edges"]["frames_per_s"] > 0
   assert result["page"]["median_ms"] > 0 and result["quick_tests"]["returncode"] == 0
   assert result["tensorflow_imported"] is False
   if importlib.util.find_spec("torch") is not None:  # the 3.12 quick loop has no torch

@@ -170,3 +170,15 @@ def test_missing_or_damaged_weights_are_one_line_and_gradient_needs_none(tmp_pat
     assert not (tmp_path / "out").exists()  # refused before anything was written
   r = _preprocess(tmp_path, "--edges", "gradient", env=env)
   assert r.returncode == 0, r.stderr
+
+
+def test_the_page_proposes_boxes_from_gradient_edges_when_no_hed_weights_can_be_had(tmp_path, monkeypatch, capsys):
+  from keypatch_jax import interactive
+
+  assert interactive.detection_settings(None, 32, 6).edges == "hed"  # $KEYPATCH_HED_WEIGHTS (conftest)
+  monkeypatch.setenv(hed_weights.ENV, str(tmp_path / "gone.h5"))
+  settings = interactive.detection_settings(None, 32, 6)
+  assert settings.edges == "gradient"
+  assert "gone.h5: no such file" in capsys.readouterr().out
+  old = {"options": {"min_area": 0.05}}  # a dataset written before HED: gradient edges, as it was made
+  assert interactive.detection_settings(old, 32, 6).edges == "gradient"
