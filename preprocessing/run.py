@@ -98,7 +98,7 @@ def process_all(
     file=sys.stderr,
   )
   try:
-    yield from finish_pending(_processed(pool, items, workers, bar), settings)
+    yield from finish_pending(_processed(pool, items, workers, bar), settings, pool, workers)
   finally:
     bar.close()
 
@@ -118,19 +118,28 @@ def _processed(pool, items, workers: int, bar) -> Iterator[worker.Result]:
     yield from _drain_one(queue, bar)
 
 
-def finish_pending(results: Iterable[worker.Result], settings: worker.Settings) -> Iterator[worker.Result]:
-  """Passes finished results on and finishes pending ones (HED detection) `hed.BATCH` frames at a time.
+def finish_pending(
+  results: Iterable[worker.Result], settings: worker.Settings, pool: ProcessPoolExecutor | None = None, workers: int = 1
+) -> Iterator[worker.Result]:
+  """Passes finished results on and finishes pending ones (HED detection), `hed.BATCH` frames at a time.
 
   The edge maps are computed here, in the parent, on its default JAX device
-  (the accelerator where there is one); at most one batch is held.
+  (the accelerator where there is one); thinning, EdgeBoxes and the filters
+  (`worker.finish_items`) run on `pool` (None: here). At most one batch of
+  frames and `IN_FLIGHT_PER_WORKER * workers` batches being finished are held.
   """
   pending: list[worker.Result] = []
+  finishing: collections.deque = collections.deque()
 
   def flush() -> Iterator[worker.Result]:
-    probabilities = worker.edge_model(settings.hed_weights)([r.frame for r in pending])
-    for r, p in zip(pending, probabilities, strict=True):
-      yield worker.finish_item(r, p, settings)
+    pairs = list(zip(pending, worker.edge_model(settings.hed_weights)([r.frame for r in pending]), strict=True))
     pending.clear()
+    if pool is None:
+      yield from worker.finish_items(pairs)
+      return
+    finishing.append(pool.submit(worker.finish_items, pairs))
+    while len(finishing) > IN_FLIGHT_PER_WORKER * workers:
+      yield from finishing.popleft().result()
 
   for r in results:
     if not r.pending:
@@ -143,6 +152,8 @@ def finish_pending(results: Iterable[worker.Result], settings: worker.Settings) 
       yield from flush()
   if pending:
     yield from flush()
+  while finishing:
+    yield from finishing.popleft().result()
 
 
 def _drain_one(queue: collections.deque, bar) -> Iterator[worker.Result]:

@@ -7,7 +7,8 @@ and the `Settings` installed by `init_worker`.
 With HED edges (`Settings.edges == "hed"`) detection runs in two halves: a
 worker decodes and returns the detection frame (a pending `Result`), the
 parent process computes HED edge maps of many frames at once on its
-accelerator (`edge_model`) and `finish_item` turns each into boxes.
+accelerator (`edge_model`), and a worker's `finish_items` turns each into
+boxes (`run.finish_pending`).
 """
 
 from __future__ import annotations
@@ -197,6 +198,12 @@ def pending_example(image: np.ndarray, settings: Settings, index: int, label: in
   return Result(
     index, None, model_image(image, settings), None, label, detect.resize_short_side(image, settings.min_side)
   )
+
+
+def finish_items(pairs: list[tuple[Result, np.ndarray]]) -> list[Result]:
+  """`finish_item` over (pending result, edge probability) pairs with the installed `Settings` (one task)."""
+  assert _settings is not None, "init_worker was not called"
+  return [finish_item(r, p, _settings) for r, p in pairs]
 
 
 def finish_item(result: Result, probability: np.ndarray, settings: Settings) -> Result:
