@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
   preset_option(
     "edges",
     "edge map: HED, learned on BSDS500 (weights downloaded once, 59 MB, see --hed-weights) or image gradients "
-    "(no download, ~10x faster on a CPU, less part-like boxes)",
+    "(no download, ~20x faster on a CPU, less part-like boxes)",
     choices=detect.EDGE_MAPS,
   )
   a(

@@ -65,7 +65,7 @@ class Preset:
       (Zitnick & Dollár 2014: 0.75 by default, higher for denser proposals
       that localise boxes more finely).
     edges: the edge map, one of `EDGE_MAPS`: "hed" (`hed_edges`, thinned by
-      `thin_edges`) or "gradient" (`gradient_edges`, no download, ~10x faster on a CPU).
+      `thin_edges`) or "gradient" (`gradient_edges`, no download, ~20x faster on a CPU).
   """
 
   box_filter: BoxFilter
