@@ -37,6 +37,7 @@ from keypatch_jax import (
   periodic_eval,
   progress,
   resume,
+  save_failures,
   visualize,
   workdir_lock,
 )
@@ -86,7 +87,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   meta = dataset_meta.load_meta(config.data_dir, config.image_size, config.num_patches)
   dataset_meta.check_shards(meta, ("train", "test"))
   input_pipeline.host_batch_size(config.batch_size)
-  quiet = checkpoint.WriteErrorLogFilter() if logging.get_verbosity() < 0 else None  # save errors: one line
+  quiet = save_failures.WriteErrorLogFilter() if logging.get_verbosity() < 0 else None  # save errors: one line
   checkpoint.ignore_closed_loop_callbacks()
   filtered = [logging.get_absl_logger(), *logging_lib.getLogger().handlers] if quiet is not None else []
   with workdir_lock.hold(workdir):  # one run per workdir, taken before anything is read or written there
@@ -203,8 +204,8 @@ def _train(config, workdir: str, meta: dataset_meta.DatasetMeta) -> dict[str, An
 
   def save(step: int, force: bool) -> int:
     """Saves `step` once the previous save has finished (Orbax waits for it anyway); a write error stops the run."""
-    checkpoint.check_saves(mngr, workdir, last_saved, wait=True)
-    with checkpoint.stop_on_write_error(workdir, step):
+    save_failures.check_saves(mngr, workdir, last_saved, wait=True)
+    with save_failures.stop_on_write_error(workdir, step):
       checkpoint.save(mngr, unreplicate(pstate), position(step), force=force)
     return step
 
@@ -237,7 +238,7 @@ def _train(config, workdir: str, meta: dataset_meta.DatasetMeta) -> dict[str, An
           last_saved = save(step, force=True)
         logging.warning("SIGTERM while waiting for input: saved step %d, exiting", step)
         break
-      checkpoint.check_saves(mngr, workdir, last_saved)  # a failed async save stops the run here
+      save_failures.check_saves(mngr, workdir, last_saved)  # a failed async save stops the run here
       counter.active = True
       pstate, step_metrics = p_step(pstate, batch, step_rng)
       counter.active = False
@@ -294,7 +295,7 @@ def _train(config, workdir: str, meta: dataset_meta.DatasetMeta) -> dict[str, An
     signal.signal(signal.SIGTERM, previous)
     inputs.close()
     writer.flush()
-  checkpoint.check_saves(mngr, workdir, last_saved, wait=True)
+  save_failures.check_saves(mngr, workdir, last_saved, wait=True)
 
   wall = time.perf_counter() - run_start
   elapsed = time.perf_counter() - t0 - evaluator.seconds if t0 is not None else 0.0  # training only

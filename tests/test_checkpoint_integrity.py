@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import timeout, tiny_config
 
-from keypatch_jax import checkpoint, digests, sample, train
+from keypatch_jax import checkpoint, digests, sample, save_failures, train
 
 FLIPPED = 64
 
@@ -151,7 +151,7 @@ def test_a_failed_async_save_stops_the_run_in_one_line_and_keeps_the_last_good_s
 
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
   config = tiny_config(tiny_data, checkpoint_every_steps=1, eval_every_steps=0, num_train_steps=4)
-  with pytest.raises(checkpoint.CheckpointSaveError) as e:
+  with pytest.raises(save_failures.CheckpointSaveError) as e:
     train.train_and_evaluate(config, workdir)
   message = str(e.value)
   assert "\n" not in message and "saving checkpoint step 2 failed: the disk is full" in message
