@@ -64,8 +64,8 @@ class Preset:
     edgeboxes_beta: EdgeBoxes' own NMS threshold β between its proposals
       (Zitnick & Dollár 2014: 0.75 by default, higher for denser proposals
       that localise boxes more finely).
-    edges: the edge map, one of `EDGE_MAPS`: "hed" (`hed_edges`, thinned by
-      `thin_edges`) or "gradient" (`gradient_edges`, no download, ~20x faster on a CPU).
+    edges: the edge map, one of `EDGE_MAPS`: "hed" (`preprocessing.hed`,
+      thinned by `thin_edges`) or "gradient" (`gradient_edges`, no download, ~20x faster on a CPU).
   """
 
   box_filter: BoxFilter

