@@ -112,3 +112,19 @@ class WriteErrorLogFilter(logging_lib.Filter):
     if not from_io or not record.exc_info or record.exc_info[1] is None:
       return True
     return write_cause(record.exc_info[1]) is None
+
+
+_ORPHANED_TASKS = WriteErrorLogFilter()
+
+
+def quiet_orphaned_write_tasks() -> None:
+  """Keeps asyncio's "Task exception was never retrieved" for a failed write off the console for good.
+
+  Orbax's write tasks that failed are garbage-collected whenever Python gets
+  to them, often after the run has returned and its one-line error is out,
+  so this filter on the "asyncio" logger stays for the rest of the process.
+  It drops only records whose exception is a write failure (`write_cause`).
+  """
+  asyncio_logger = logging_lib.getLogger("asyncio")
+  if _ORPHANED_TASKS not in asyncio_logger.filters:
+    asyncio_logger.addFilter(_ORPHANED_TASKS)

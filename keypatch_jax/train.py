@@ -90,6 +90,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   quiet = save_failures.WriteErrorLogFilter() if logging.get_verbosity() < 0 else None  # save errors: one line
   checkpoint.ignore_closed_loop_callbacks()
   filtered = [logging.get_absl_logger(), *logging_lib.getLogger().handlers] if quiet is not None else []
+  if quiet is not None:  # asyncio reports a failed write's orphaned task when it is collected, maybe after return
+    save_failures.quiet_orphaned_write_tasks()
   with workdir_lock.hold(workdir):  # one run per workdir, taken before anything is read or written there
     for f in filtered:
       f.addFilter(quiet)
