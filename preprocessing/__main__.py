@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     f"at least 1, at most {MAX_TEST_COUNT}; 0: train only; all of them: a test-only dataset)",
   )
   a("--shard-size", type=int, default=1024, help="source images per shard")
-  a("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
+  a("--workers", type=int, default=default_workers(), help="worker processes (default: all cores, here %(default)s)")
   a("--sed-model", default=None, help="structured-edge model (model.yml.gz), the paper's edges; replaces --edges")
   a("--boxes", default=None, help="take the boxes from FILE (.mat | .csv | .jsonl) instead of detecting them")
   a(
