@@ -99,24 +99,25 @@ def process_all(
     file=sys.stderr,
   )
   try:
-    yield from finish_pending(_processed(pool, items, workers, bar), settings, pool, workers)
+    for r in finish_pending(_processed(pool, items, workers), settings, pool, workers):
+      bar.update(1)  # counts finished images (with HED, after their edge maps and boxes)
+      yield r
   finally:
     bar.close()
 
 
-def _processed(pool, items, workers: int, bar) -> Iterator[worker.Result]:
+def _processed(pool, items, workers: int) -> Iterator[worker.Result]:
   if pool is None:
     for item, given in items:
       yield worker.process_item(item, given)
-      bar.update(1)
     return
   queue: collections.deque = collections.deque()
   for batch in chunked(items, CHUNK):
     queue.append(pool.submit(worker.process_items, batch))
     if len(queue) >= IN_FLIGHT_PER_WORKER * workers:
-      yield from _drain_one(queue, bar)
+      yield from queue.popleft().result()
   while queue:
-    yield from _drain_one(queue, bar)
+    yield from queue.popleft().result()
 
 
 def finish_pending(
@@ -155,12 +156,6 @@ def finish_pending(
     yield from flush()
   while finishing:
     yield from finishing.popleft().result()
-
-
-def _drain_one(queue: collections.deque, bar) -> Iterator[worker.Result]:
-  results = queue.popleft().result()
-  yield from results
-  bar.update(len(results))
 
 
 def write_shards(
