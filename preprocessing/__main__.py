@@ -418,10 +418,13 @@ def _preprocess(argv: Sequence[str] | None) -> int:
       f"--source {args.source}: no item decoded as a usable image{crop} "
       f"({rejected} rejected: {info['rejects']}{listed})"
     )
-  print(
-    f"wrote {c['train']} train + {c['test']} test examples to {args.output} "
-    f"({rejected} rejected: {info['rejects']}{listed})"
-  )
+  stats = f"({rejected} rejected: {info['rejects']}{listed})"
+  if info.get("shards_written", 1):
+    print(f"wrote {c['train']} train + {c['test']} test examples to {args.output} {stats}")
+  else:
+    print(
+      f"{args.output} was already complete, nothing written: {c['train']} train + {c['test']} test examples {stats}"
+    )
   if c["test"] == 0 and args.test_count > 0:
     print(
       f"{PROG}: warning: the test split is empty: all {args.test_count} images held out for it (--test-count) "
@@ -431,7 +434,7 @@ def _preprocess(argv: Sequence[str] | None) -> int:
   if args.preview:
     written = min(args.preview, c["train"])  # `run.write_preview` shows the first train examples
     short = f" (the train split has only {c['train']} examples)" if written < args.preview else ""
-    print(f"wrote {written} preview images to {os.path.join(args.output, run.PREVIEW_DIR)}{short}")
+    print(f"preview: {written} images with their boxes in {os.path.join(args.output, run.PREVIEW_DIR)}{short}")
   return 0
 
 

@@ -93,7 +93,7 @@ def process_all(
     total=total,
     unit="img",
     desc="preprocess",
-    disable=quiet,
+    disable=quiet or total == 0,
     smoothing=0.1,
     mininterval=0.1 if sys.stderr.isatty() else 10.0,
     file=sys.stderr,
@@ -219,7 +219,9 @@ def run(
 
   Returns:
     the dataset_info dict that was written (one task), or for task I of K
-    {"task_index", "num_tasks", "shards", "counts", "rejects"} of its shards.
+    {"task_index", "num_tasks", "shards", "counts", "rejects"} of its shards;
+    either with "shards_written": how many shards this run wrote (0: the
+    output was already complete).
   """
   out_dir = options["output"]
   num_tasks, task_index = _task(options)
@@ -246,8 +248,10 @@ def run(
       "shards": len(owned),
       "counts": counts,
       "rejects": rejects,
+      "shards_written": len(pending),
     }
-  return _write_info(options, source, settings, boxes, shards, fingerprint.get("hed_weights_sha256"), command)
+  info = _write_info(options, source, settings, boxes, shards, fingerprint.get("hed_weights_sha256"), command)
+  return {**info, "shards_written": len(pending)}
 
 
 def merge(

@@ -444,7 +444,7 @@ def test_small_source_gets_a_test_split_by_default_and_preview_says_why_fewer(tm
   assert printed[0] == "--test-count 1: 10% of the 10 source items (set it to choose)"
   train = info["counts"]["train"]
   assert info["counts"]["test"] + sum(info["rejects"].values()) + train == 10 and 0 < train < 20
-  assert printed[-1].startswith(f"wrote {train} preview images to ")
+  assert printed[-1].startswith(f"preview: {train} images with their boxes in ")
   assert printed[-1].endswith(f"(the train split has only {train} examples)")
   assert len(list((out / "preview").glob("*.png"))) == train
 

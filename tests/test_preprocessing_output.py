@@ -37,8 +37,13 @@ def test_a_complete_dataset_is_not_written_again_and_a_full_disk_is_one_line(tmp
     raise OSError(errno.EROFS, "Read-only file system", str(out))
 
   monkeypatch.setattr(writer, "write_text_atomic", refuse)
+  capsys.readouterr()
   assert cli.main(_argv(src, out, "--test-count", "1", "--preview", "2")) == 0
   assert _snapshot(out) == before
+  assert capsys.readouterr().out.splitlines()[0] == (
+    f"{out} was already complete, nothing written: 5 train + 1 test examples "
+    f"(1 rejected: {{'not_an_image': 1}}, listed in {out}/rejects.jsonl)"
+  )
   monkeypatch.undo()
   capsys.readouterr()
 
