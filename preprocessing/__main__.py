@@ -171,6 +171,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return apply_preset(build_parser().parse_args(argv))
 
 
+def unused_option(args: argparse.Namespace) -> str | None:
+  """A given flag that the other flags make meaningless, as a one-line message, else None.
+
+  `args` as parsed, before `apply_preset` (a flag left out is None there).
+  """
+  edges = args.edges or detect.PRESETS[args.key_patches].edges
+  replaced = "--boxes" if args.boxes is not None else "--sed-model" if args.sed_model else None
+  if replaced and args.edges is not None:
+    return f"--edges {args.edges}: {replaced} replaces the edge map; leave out one of them"
+  if args.edge_smoothing is not None and (replaced or edges != "gradient"):
+    why = f"with {replaced}" if replaced else f"with --edges {edges}"
+    return f"--edge-smoothing {args.edge_smoothing}: blurs only for --edges gradient, unused {why}; leave it out"
+  if args.hed_weights is not None and (replaced or edges != "hed"):
+    why = f"with {replaced}" if replaced else f"with --edges {edges}"
+    return f"--hed-weights {args.hed_weights}: used only by --edges hed, unused {why}; leave it out"
+  return None
+
+
 def check_options(args: argparse.Namespace) -> str | None:
   """The first invalid option as a one-line message, else None."""
   rules = [
@@ -352,8 +370,10 @@ def check_center_crop(source: sources.Source, side: int) -> None:
 
 def _preprocess(argv: Sequence[str] | None) -> int:
   cli.quiet_logs(cli.verbosity_of(sys.argv[1:] if argv is None else argv))  # before TensorFlow loads
-  args = parse_args(argv)
-  msg = check_options(args)
+  args = build_parser().parse_args(argv)
+  msg = unused_option(args)
+  args = apply_preset(args)
+  msg = msg or check_options(args)
   if msg is None and args.sed_model:
     msg = _check_sed_model(args.sed_model)
   if msg:

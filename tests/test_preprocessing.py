@@ -529,6 +529,31 @@ def test_key_patch_presets_fill_unset_flags_and_single_flags_override():
     assert msg is not None and msg.startswith(f"{flag} {value}:")
 
 
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--edge-smoothing", "2"], "--edge-smoothing 2.0: blurs only for --edges gradient, unused with --edges hed"),
+    (["--hed-weights", "w.h5", "--edges", "gradient"], "--hed-weights w.h5: used only by --edges hed, unused with"),
+    (["--edges", "gradient", "--sed-model", "m.yml.gz"], "--edges gradient: --sed-model replaces the edge map"),
+    (
+      ["--boxes", "b.csv", "--hed-weights", "w.h5"],
+      "--hed-weights w.h5: used only by --edges hed, unused with --boxes",
+    ),
+  ],
+)
+def test_a_flag_the_others_make_unused_is_one_line(flags, message, capsys):
+  from preprocessing import __main__ as cli
+
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--source", "synthetic", "--output", "unused", *flags])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and message in err[0], err
+  for fine in (["--edges", "gradient", "--edge-smoothing", "2"], ["--hed-weights", "w.h5"], []):
+    args = cli.build_parser().parse_args(["--source", "synthetic", "--output", "unused", *fine])
+    assert cli.unused_option(args) is None
+
+
 def test_edge_smoothing_removes_fine_texture_and_keeps_contours():
   rng = np.random.default_rng(0)
   image = np.full((128, 128, 3), 128, np.uint8)
