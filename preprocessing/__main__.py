@@ -172,20 +172,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def unused_option(args: argparse.Namespace) -> str | None:
-  """A given flag that the other flags make meaningless, as a one-line message, else None.
+  """A flag given a value that the other flags leave unused, as a one-line warning, else None.
 
-  `args` as parsed, before `apply_preset` (a flag left out is None there).
+  `args` as parsed, before `apply_preset` (a flag left out is None there). A
+  value equal to the preset's is not reported: a dataset's recorded command
+  (`command_line`) lists every option.
   """
-  edges = args.edges or detect.PRESETS[args.key_patches].edges
+  preset = preset_values(args.key_patches)
+  edges = args.edges or preset["edges"]
   replaced = "--boxes" if args.boxes is not None else "--sed-model" if args.sed_model else None
-  if replaced and args.edges is not None:
-    return f"--edges {args.edges}: {replaced} replaces the edge map; leave out one of them"
-  if args.edge_smoothing is not None and (replaced or edges != "gradient"):
-    why = f"with {replaced}" if replaced else f"with --edges {edges}"
-    return f"--edge-smoothing {args.edge_smoothing}: blurs only for --edges gradient, unused {why}; leave it out"
+  if replaced and args.edges not in (None, preset["edges"]):
+    return f"--edges {args.edges} is unused: {replaced} replaces the edge map"
+  if args.edge_smoothing not in (None, preset["edge_smoothing"]) and (replaced or edges != "gradient"):
+    why = replaced or f"--edges {edges}"
+    return f"--edge-smoothing {args.edge_smoothing} is unused with {why}: it blurs only for --edges gradient"
   if args.hed_weights is not None and (replaced or edges != "hed"):
-    why = f"with {replaced}" if replaced else f"with --edges {edges}"
-    return f"--hed-weights {args.hed_weights}: used only by --edges hed, unused {why}; leave it out"
+    why = replaced or f"--edges {edges}"
+    return f"--hed-weights {args.hed_weights} is unused with {why}: only --edges hed reads them"
   return None
 
 
@@ -371,13 +374,15 @@ def check_center_crop(source: sources.Source, side: int) -> None:
 def _preprocess(argv: Sequence[str] | None) -> int:
   cli.quiet_logs(cli.verbosity_of(sys.argv[1:] if argv is None else argv))  # before TensorFlow loads
   args = build_parser().parse_args(argv)
-  msg = unused_option(args)
+  unused = unused_option(args)
   args = apply_preset(args)
-  msg = msg or check_options(args)
+  msg = check_options(args)
   if msg is None and args.sed_model:
     msg = _check_sed_model(args.sed_model)
   if msg:
     raise errors.UsageError(msg)
+  if unused:
+    print(f"{PROG}: warning: {unused}", file=sys.stderr)
   if args.boxes is None and not args.sed_model and args.edges == "hed":
     args.hed_weights_file = hed_weights.locate(args.hed_weights, quiet=args.quiet)  # once; then read from the cache
     try:
