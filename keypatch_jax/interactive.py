@@ -36,16 +36,13 @@ def detection_settings(info: dict | None, image_size: int, max_patches: int):
     max_patches: boxes to keep after the filters (the first N are the ones
       preprocessing with N keeps: the NMS is greedy, best first).
   """
+  from preprocessing import fingerprint
   from preprocessing.__main__ import make_settings, parse_args
 
   args = parse_args(["--source", "synthetic", "--output", "unused"])
   options = dict((info or {}).get("options") or {})
   if options:  # flags added after a dataset was written: the behaviour it was written with
-    options.setdefault("scoring", "edgeboxes")
-    options.setdefault("selection", "nms")
-    options.setdefault("edge_smoothing", 0.0)  # datasets written before `--key-patches`
-    options.setdefault("edgeboxes_beta", 0.75)
-    options.setdefault("edges", "gradient")  # datasets written before HED edges
+    options = {**fingerprint.EARLIER_OPTIONS, **options}
   for key, value in options.items():
     if hasattr(args, key):
       setattr(args, key, value)

@@ -17,16 +17,12 @@ from typing import Any
 import numpy as np
 
 from keypatch_jax import features
-from preprocessing import boxes_file, sources, worker, writer
+from preprocessing import boxes_file, fingerprint, sources, worker, writer
 
 Job = dict[str, Any]  # the parsed CLI options of one job
 Assignment = boxes_file.Assignment | None  # boxes from a `--boxes` file, or None to detect them
 PREVIEW_DIR = "preview"
-# How the job is split; the same dataset results for any value (not recorded, not checked).
-TASK_OPTIONS = ("num_tasks", "task_index", "merge")
-# Options that do not change the dataset's content (left out of the resume check).
-# The HED weights count by their SHA-256 (`hed_weights_sha256`), not by where the file was found.
-NON_CONTENT_OPTIONS = ("output", "workers", "preview", "quiet", "tfds_data_dir", "hed_weights", *TASK_OPTIONS)
+TASK_OPTIONS = fingerprint.TASK_OPTIONS
 CHUNK = 4  # items per task sent to a worker
 IN_FLIGHT_PER_WORKER = 8  # queued tasks per worker
 
@@ -183,20 +179,6 @@ def write_shards(
       del buffers[shard.name]
 
 
-def _fingerprint(
-  options: dict[str, Any], boxes: boxes_file.Assignment | None, settings: worker.Settings
-) -> dict[str, Any]:
-  """The content options (checked on resume and merge), with the boxes file's or the HED weights' hash."""
-  fingerprint = {k: v for k, v in options.items() if k not in NON_CONTENT_OPTIONS}
-  if boxes is not None:
-    fingerprint["boxes_sha256"] = boxes.info["sha256"]
-  elif worker.uses_hed(settings):
-    from preprocessing import hed_weights
-
-    fingerprint["hed_weights_sha256"] = hed_weights.sha256(settings.hed_weights or hed_weights.locate(None))
-  return fingerprint
-
-
 def _task(options: dict[str, Any]) -> tuple[int, int]:
   return options.get("num_tasks", 1), options.get("task_index") or 0
 
@@ -230,8 +212,9 @@ def run(
   pool = start_pool(settings, options["workers"])  # workers start while TF imports
   try:
     _init_tf()
-    fingerprint = _fingerprint(options, boxes, settings)
-    writer.prepare_output(out_dir, fingerprint, None if num_tasks == 1 else owned, f".task{task_index}")
+    content = fingerprint.of(options, boxes, settings)
+    owned_here = None if num_tasks == 1 else owned
+    writer.prepare_output(out_dir, content, owned_here, f".task{task_index}", fingerprint.difference)
     pending = writer.missing_shards(out_dir, owned)
     owner = {i: s for s in pending for i in s.indices}
     items = ((item, None if boxes is None else boxes.given[item[0]]) for item in source.items(set(owner)))
@@ -250,7 +233,7 @@ def run(
       "rejects": rejects,
       "shards_written": len(pending),
     }
-  info = _write_info(options, source, settings, boxes, shards, fingerprint.get("hed_weights_sha256"), command)
+  info = _write_info(options, source, settings, boxes, shards, content.get("hed_weights_sha256"), command)
   return {**info, "shards_written": len(pending)}
 
 
@@ -269,8 +252,8 @@ def merge(
   num_tasks, _ = _task(options)
   shards = writer.plan_shards(source.ids, options["test_count"], options["shard_size"])
   _init_tf()
-  fingerprint = _fingerprint(options, boxes, settings)
-  writer.prepare_output(out_dir, fingerprint, owned=[], tag=".merge")
+  content = fingerprint.of(options, boxes, settings)
+  writer.prepare_output(out_dir, content, owned=[], tag=".merge", difference=fingerprint.difference)
   missing = writer.missing_shards(out_dir, shards)
   if missing:
     index = {s.name: k for k, s in enumerate(shards)}
@@ -279,7 +262,7 @@ def merge(
       f"--merge: {len(missing)} of {len(shards)} shards missing in {out_dir} (e.g. {missing[0].name}); "
       f"run --num-tasks {num_tasks} --task-index {' / '.join(map(str, tasks))} to finish them first"
     )
-  return _write_info(options, source, settings, boxes, shards, fingerprint.get("hed_weights_sha256"), command)
+  return _write_info(options, source, settings, boxes, shards, content.get("hed_weights_sha256"), command)
 
 
 def _write_info(
