@@ -22,6 +22,9 @@ import numpy as np
 MEAN_BGR = (104.00699, 116.66877, 122.67892)
 STRIDE = 16  # four 2x2 poolings: frames are padded to a multiple of this
 BATCH = 16  # most frames per call; fewer are padded to a power of two (few compiled programs per frame shape)
+# Most padded pixels per call: 16 frames of 128 x 256. It bounds the activations (a stage-1 feature map of a
+# call is 64 channels x this many float32: 134 MB) whatever the frames' shapes; larger frames go fewer at a time.
+MAX_BATCH_PIXELS = BATCH * 128 * 256
 
 
 class HED(nn.Module):
@@ -57,9 +60,10 @@ class EdgeModel:
   """HED on frames of any size, batched on the default device.
 
   Frames are padded (edge values) to a multiple of `STRIDE` and grouped by
-  padded shape; each group runs in batches of `BATCH` (a shorter one padded to
-  a power of two), so a collection of similar photos compiles a handful of
-  programs.
+  padded shape; each group runs in batches of `batch_size` frames (a shorter
+  one padded to a power of two), so a collection of similar photos compiles a
+  handful of programs and a call holds at most `MAX_BATCH_PIXELS` pixels (or
+  one frame).
 
   Args:
     params: the `HED` variables ({"params": ...}).
@@ -77,8 +81,9 @@ class EdgeModel:
     for i, f in enumerate(frames):
       groups.setdefault(padded_shape(f.shape[:2]), []).append(i)
     for (ph, pw), indices in groups.items():
-      for start in range(0, len(indices), BATCH):
-        chunk = indices[start : start + BATCH]
+      size = batch_size((ph, pw))
+      for start in range(0, len(indices), size):
+        chunk = indices[start : start + size]
         batch = np.zeros((1 << (len(chunk) - 1).bit_length(), ph, pw, 3), np.uint8)
         for j, i in enumerate(chunk):
           h, w = frames[i].shape[:2]
@@ -93,3 +98,9 @@ class EdgeModel:
 def padded_shape(shape: tuple[int, int]) -> tuple[int, int]:
   """(h, w) rounded up to multiples of `STRIDE`."""
   return tuple(-(-s // STRIDE) * STRIDE for s in shape)  # type: ignore[return-value]
+
+
+def batch_size(padded: tuple[int, int]) -> int:
+  """Frames of padded shape (h, w) per call: a power of two, at most `BATCH` and `MAX_BATCH_PIXELS`, at least 1."""
+  fit = max(1, MAX_BATCH_PIXELS // (padded[0] * padded[1]))
+  return min(BATCH, 1 << (fit.bit_length() - 1))

@@ -76,6 +76,26 @@ def test_a_batch_gives_each_frame_its_own_edges(model):
     np.testing.assert_allclose(prob, model([frame])[0], atol=1e-5)
 
 
+def test_a_call_holds_at_most_the_pixel_budget_whatever_the_frame_shapes(model, monkeypatch):
+  assert [hed.batch_size(s) for s in [(128, 128), (128, 256), (128, 512), (128, 2048), (512, 8192)]] == [
+    16,
+    16,
+    8,
+    2,
+    1,
+  ]
+  monkeypatch.setattr(hed, "MAX_BATCH_PIXELS", 4 * 128 * 128)
+  calls = []
+  apply = model._apply
+  monkeypatch.setattr(model, "_apply", lambda params, batch: calls.append(batch.shape) or apply(params, batch))
+  frames = [_square(128, 128 + 40 * (k % 2)) for k in range(6)] + [_square(128, 600), _square(128, 600)]
+  together = model(frames)
+  # 3 frames of 128 x 128 in one call (padded to 4); 3 of 128 x 176 (padded) two and one; 128 x 608 one each
+  assert sorted(calls) == [(1, 128, 176, 3), (1, 128, 608, 3), (1, 128, 608, 3), (2, 128, 176, 3), (4, 128, 128, 3)]
+  for frame, prob in zip(frames, together, strict=True):
+    np.testing.assert_allclose(prob, model([frame])[0], atol=1e-5)
+
+
 def test_thin_edges_are_one_pixel_wide_and_fade_at_the_border():
   yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
   thick = np.exp(-((xx - 64.3) ** 2) / 8.0)  # a vertical ridge about 5 px wide
