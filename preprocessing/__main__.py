@@ -448,7 +448,7 @@ def _preprocess(argv: Sequence[str] | None) -> int:
     print(f"wrote {c['train']} train + {c['test']} test examples to {args.output} {stats}")
   else:
     print(
-      f"{args.output} was already complete, nothing written: {c['train']} train + {c['test']} test examples {stats}"
+      f"{args.output} was already complete, no shard written: {c['train']} train + {c['test']} test examples {stats}"
     )
   if c["test"] == 0 and args.test_count > 0:
     print(

@@ -41,7 +41,7 @@ def test_a_complete_dataset_is_not_written_again_and_a_full_disk_is_one_line(tmp
   assert cli.main(_argv(src, out, "--test-count", "1", "--preview", "2")) == 0
   assert _snapshot(out) == before
   assert capsys.readouterr().out.splitlines()[0] == (
-    f"{out} was already complete, nothing written: 5 train + 1 test examples "
+    f"{out} was already complete, no shard written: 5 train + 1 test examples "
     f"(1 rejected: {{'not_an_image': 1}}, listed in {out}/rejects.jsonl)"
   )
   monkeypatch.undo()
