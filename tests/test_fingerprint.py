@@ -50,9 +50,42 @@ def test_options_the_others_leave_unused_are_not_compared():
   assert other == "boxes_sha256 aaaaaaaaaaaa… there, bbbbbbbbbbbb… now; use an empty directory"
 
 
-def test_other_hed_weights_name_the_flag():
+def test_other_hed_weights_say_which_to_give():
   words = fingerprint.difference(_now(hed_weights_sha256=SHA), _now(hed_weights_sha256="c" * 64))
-  assert words.startswith("hed_weights_sha256 4502df9d0a88… there, cccccccccccc… now; rerun with --hed-weights FILE")
+  assert words == (
+    "hed_weights_sha256 4502df9d0a88… there, cccccccccccc… now; rerun with the default HED weights "
+    "(no --hed-weights, no $KEYPATCH_HED_WEIGHTS) to resume it, or use an empty directory"
+  )
+  words = fingerprint.difference(_now(hed_weights_sha256="c" * 64), _now("--edges", "gradient"))
+  assert words.endswith(
+    "rerun with --edges hed and --hed-weights FILE of SHA-256 cccccccccccc… to resume it, or use an empty directory"
+  )
+
+
+def test_boxes_from_a_file_do_not_compare_the_detection_options():
+  boxes = _now(boxes_sha256="a" * 64)
+  assert (
+    fingerprint.difference(boxes, _now("--key-patches", "paper", "--min-area", "0.1", boxes_sha256="a" * 64)) is None
+  )
+
+
+def test_the_same_folder_written_another_way_is_the_same_source_and_a_moved_one_is_named(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  first = {**_now(), "source": f"folder:{tmp_path / 'faces'}"}
+  for same in ("folder:faces", "folder:faces/", f"folder:{tmp_path}/./faces/"):
+    assert fingerprint.difference(first, {**_now(), "source": same}) is None, same
+  moved = fingerprint.difference(first, {**_now(), "source": "folder:/elsewhere/faces"})
+  assert moved.endswith(f"rerun with --source folder:{tmp_path / 'faces'} to resume it, or use an empty directory")
+
+
+def test_a_source_whose_items_changed_is_refused_and_an_output_older_than_the_check_is_not():
+  first = _now(source_items=60, source_ids_sha256="d" * 64)
+  grown = _now(source_items=64, source_ids_sha256="e" * 64)
+  assert fingerprint.difference(first, grown) == (
+    "source_ids_sha256 dddddddddddd… there, eeeeeeeeeeee… now, source_items 60 there, 64 now; "
+    "the source's items changed: restore them to resume it, or use an empty directory"
+  )
+  assert fingerprint.difference(_now(), grown) is None  # run.json written before the check: nothing to compare
 
 
 def _snapshot(out):
@@ -88,3 +121,32 @@ def test_a_partial_output_of_an_older_version_resumes_with_the_flags_the_refusal
   resumed = _snapshot(out)
   changed = sorted(k for k in set(whole) | set(resumed) if resumed.get(k) != whole.get(k))
   assert changed == [f"{writer.STATS_DIR}/{writer.RUN_FILE}"]  # the older version's is kept; shards, info the same
+
+
+def test_files_added_to_a_folder_before_a_rerun_are_refused_not_mixed_into_the_splits(tmp_path, capsys):
+  import cv2
+
+  from preprocessing import synthetic
+
+  src, out = tmp_path / "faces", tmp_path / "out"
+  src.mkdir()
+
+  def add(k):
+    cv2.imwrite(str(src / f"face{k:02d}.png"), synthetic.make_face(5, k, 96)[0][..., ::-1])
+
+  for k in range(10):
+    add(k)
+  argv = ["--source", f"folder:{src}", "--output", str(out), "--image-size", "16", "--workers", "1", "--quiet"]
+  argv += ["--edges", "gradient", "--shard-size", "4", "--test-count", "2"]
+  assert cli.main(argv) == 0
+  before = _snapshot(out)
+  add(10)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and len(err) == 1 and "source_items 10 there, 11 now" in err[0], err
+  assert "the source's items changed" in err[0]
+  assert _snapshot(out) == before  # nothing written
+  os.remove(src / "face10.png")
+  assert cli.main(argv) == 0  # restored: it resumes (a complete dataset: nothing to do)

@@ -473,6 +473,28 @@ def _snapshot(out: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_is_one_line(tmp_path):
+  """Ctrl-C reaches the whole process group: workers leave it to the parent, which says so in one line."""
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "preprocessing", "--source", "synthetic", "--num-images", "3000", "--image-size", "32"]
+  cmd += ["--shard-size", "10", "--edges", "gradient", "--workers", "2", "--quiet", "--output", str(out)]
+  proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + timeout(90)
+    while len(list(out.glob("train-*.tfrecord"))) < 2 and proc.poll() is None:
+      assert time.time() < deadline
+      time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=timeout(60))
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+  assert proc.returncode == 130, err.decode()
+  assert err.decode().strip().splitlines() == ["preprocessing: interrupted; rerun the same command to resume"]
+
+
+@pytest.mark.slow
 def test_kill_and_resume_equals_clean_single_worker_run(tmp_path):
   common = ["--source", "synthetic", "--num-images", "160", "--image-size", "32"]
   common += ["--shard-size", "10", "--test-count", "10", "--quiet"]
@@ -525,34 +547,46 @@ def test_key_patch_presets_fill_unset_flags_and_single_flags_override():
   assert gradient.edges == "gradient" and gradient.box_filter == parts.box_filter
   mixed = cli.parse_args(["--source", "synthetic", "--output", "x", "--key-patches", "paper", "--max-area", "0.2"])
   assert (mixed.max_area, mixed.min_area, mixed.scoring) == (0.2, 0.05, "edgeboxes")
-  for flag, value in [("--edge-smoothing", "-1.0"), ("--edgeboxes-beta", "0.0"), ("--edgeboxes-beta", "1.5")]:
+  bad = [("--edge-smoothing", "-1.0"), ("--edgeboxes-beta", "0.0"), ("--edgeboxes-beta", "1.5")]
+  bad += [("--image-size", "100"), ("--image-size", "8")]  # the networks need a power of two >= 16
+  for flag, value in bad:
     msg = cli.check_options(cli.parse_args(["--source", "synthetic", "--output", "x", flag, value]))
     assert msg is not None and msg.startswith(f"{flag} {value}:")
 
 
-def test_a_flag_the_others_leave_unused_is_a_one_line_warning(tmp_path, capsys):
+def test_flags_the_others_leave_unused_are_one_line_warnings_each(tmp_path, capsys):
   from preprocessing import __main__ as cli
 
-  def unused(*flags):
-    return cli.unused_option(cli.build_parser().parse_args(["--source", "synthetic", "--output", "x", *flags]))
+  def unused(*flags, source="synthetic"):
+    return cli.unused_options(cli.build_parser().parse_args(["--source", source, "--output", "x", *flags]))
 
-  assert unused("--edge-smoothing", "2") == (
+  assert unused("--edge-smoothing", "2") == [
     "--edge-smoothing 2.0 is unused with --edges hed: it blurs only for --edges gradient"
-  )
-  assert unused("--hed-weights", "w.h5", "--edges", "gradient").startswith("--hed-weights w.h5 is unused with --edges")
-  assert unused("--edges", "gradient", "--sed-model", "m.yml.gz") == (
+  ]
+  assert unused("--hed-weights", "w.h5", "--edges", "gradient") == [
+    "--hed-weights w.h5 is unused with --edges gradient: only --edges hed reads them"
+  ]
+  assert unused("--edges", "gradient", "--sed-model", "m.yml.gz") == [
     "--edges gradient is unused: --sed-model replaces the edge map"
-  )
-  assert unused("--boxes", "b.csv", "--hed-weights", "w.h5").startswith("--hed-weights w.h5 is unused with --boxes")
-  for fine in (["--edges", "gradient", "--edge-smoothing", "2"], ["--hed-weights", "w.h5"], ["--edge-smoothing", "1"]):
-    assert unused(*fine) is None, fine
+  ]
+  assert unused("--boxes", "b.csv", "--hed-weights", "w.h5", "--edge-smoothing", "3", "--min-area", "0.1") == [
+    "--edge-smoothing 3.0 is unused with --boxes: it blurs only for --edges gradient",
+    "--hed-weights w.h5 is unused with --boxes: only --edges hed reads them",
+    "--min-area 0.1 is unused with --boxes: the file gives the boxes",
+  ]
+  assert unused("--num-images", "3", "--seed", "0", source="folder:photos") == [
+    "--num-images 3 is unused with --source folder:photos: only the synthetic source reads it"
+  ]
+  fine = (["--edges", "gradient", "--edge-smoothing", "2"], ["--hed-weights", "w.h5"], ["--edge-smoothing", "1"])
+  for flags in (*fine, ["--num-images", "3"], ["--key-patches", "paper", "--boxes", "b.csv", "--min-area", "0.05"]):
+    assert unused(*flags) == [], flags
   # A dataset's recorded command lists every option (the preset's values too): it reruns without a warning.
-  args = cli.parse_args(["--source", "synthetic", "--output", "x", "--boxes", "b.csv"])
-  command = shlex.split(cli.command_line(cli.content_options(args)))
-  assert command and cli.unused_option(cli.build_parser().parse_args([*command[3:], "--output", "x"])) is None
-  # The CLI prints it as one line and goes on.
-  out, weights = tmp_path / "out", tmp_path / "w.h5"
-  weights.write_bytes(b"")
+  for source in ("synthetic", "folder:photos"):
+    args = cli.parse_args(["--source", source, "--output", "x", "--boxes", "b.csv", "--key-patches", "paper"])
+    command = shlex.split(cli.command_line(cli.content_options(args)))
+    assert cli.unused_options(cli.build_parser().parse_args([*command[3:], "--output", "x"])) == []
+  # The CLI prints each as one line and goes on (weights it does not use need not exist).
+  out, weights = tmp_path / "out", tmp_path / "no.h5"
   argv = ["--source", "synthetic", "--num-images", "8", "--output", str(out), "--edges", "gradient"]
   argv += ["--hed-weights", str(weights), "--quiet", "--test-count", "0", "--workers", "1"]
   assert cli.main(argv) == 0
