@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 
 from keypatch_jax import cli, errors
-from preprocessing import boxes_file, detect, hed_weights, images, run, sources, worker, writer
+from preprocessing import boxes_file, detect, fingerprint, hed_weights, images, run, sources, worker, writer
 
 PROG = "preprocessing"
 MAX_TEST_COUNT = 128  # the default test split of a large source
@@ -196,18 +196,7 @@ def unused_options(args: argparse.Namespace) -> list[str]:
     why = replaced or f"--edges {edges}"
     found.append(f"--hed-weights {args.hed_weights} is unused with {why}: only --edges hed reads them")
   if args.boxes is not None:
-    for key in (
-      "min_area",
-      "max_area",
-      "max_aspect",
-      "nms_iou",
-      "max_box_height",
-      "scoring",
-      "centre_weight",
-      "border_weight",
-      "selection",
-      "edgeboxes_beta",
-    ):
+    for key in (*fingerprint.FILTER_OPTIONS, "edgeboxes_beta"):
       if getattr(args, key) not in (None, preset.get(key)):
         found.append(f"--{key.replace('_', '-')} {getattr(args, key)} is unused with --boxes: the file gives the boxes")
   if args.source.split(":")[0] != "synthetic":

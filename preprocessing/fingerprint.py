@@ -34,20 +34,10 @@ EARLIER_OPTIONS = {
 EDGE_OPTIONS = ("edges", "edge_smoothing", "hed_weights_sha256")
 # The options of the ranking priors: unused with EdgeBoxes' own ranking (`--scoring edgeboxes`).
 PRIOR_OPTIONS = ("centre_weight", "border_weight", "selection")
+# The box filters and ranking, each a flag of its own (`--min-area` ...).
+FILTER_OPTIONS = ("min_area", "max_area", "max_aspect", "nms_iou", "max_box_height", "scoring", *PRIOR_OPTIONS)
 # The detection options: unused when the boxes come from a file (`--boxes`).
-DETECTION_OPTIONS = (
-  "key_patches",
-  "min_area",
-  "max_area",
-  "max_aspect",
-  "nms_iou",
-  "max_box_height",
-  "scoring",
-  *PRIOR_OPTIONS,
-  "edgeboxes_beta",
-  "sed_model",
-  *EDGE_OPTIONS,
-)
+DETECTION_OPTIONS = ("key_patches", *FILTER_OPTIONS, "edgeboxes_beta", "sed_model", *EDGE_OPTIONS)
 # What the source holds (its item count and ids): not compared with an output that predates them.
 SOURCE_CHECKS = ("source_items", "source_ids_sha256")
 
