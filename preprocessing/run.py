@@ -264,7 +264,7 @@ def merge(
   shards = writer.plan_shards(source.ids, options["test_count"], options["shard_size"])
   _init_tf()
   content = fingerprint.of(options, source, boxes, settings)
-  writer.prepare_output(out_dir, content, owned=[], tag=".merge", difference=fingerprint.difference)
+  writer.prepare_output(out_dir, content, [], ".merge", fingerprint.difference)
   missing = writer.missing_shards(out_dir, shards)
   if missing:
     index = {s.name: k for k, s in enumerate(shards)}

@@ -109,9 +109,9 @@ def read_json(path: str) -> Any:
 def prepare_output(
   out_dir: str,
   fingerprint: dict[str, Any],
-  owned: Sequence[Shard] | None = None,
-  tag: str = "",
-  difference: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None,
+  owned: Sequence[Shard] | None,
+  tag: str,
+  difference: Callable[[dict[str, Any], dict[str, Any]], str | None],
 ) -> None:
   """Creates `out_dir`, removes stale temp files, and checks a resumed run's options.
 
@@ -123,7 +123,7 @@ def prepare_output(
       for a one-task run (every temp file is stale).
     tag: suffix of this task's temp file for `run.json` (tasks may race on it).
     difference: (first run's, this run's fingerprint) -> what differs, in
-      words, or None when the content is the same (default: any key differs).
+      words, or None when the content is the same (`fingerprint.difference`).
 
   Raises:
     OutputError: when `out_dir` holds shards made with different options.
@@ -142,16 +142,11 @@ def prepare_output(
       gfile.remove(path)
   run_path = os.path.join(out_dir, STATS_DIR, RUN_FILE)
   if gfile.exists(run_path):
-    differs = (difference or _changed_keys)(read_json(run_path), json.loads(json.dumps(fingerprint)))
+    differs = difference(read_json(run_path), json.loads(json.dumps(fingerprint)))
     if differs:
       raise OutputError(f"--output {out_dir}: holds a dataset (or part of one) made with different options ({differs})")
   else:
     write_json_atomic(run_path, fingerprint, tag)
-
-
-def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-  return f"{', '.join(changed)}; use an empty directory" if changed else None
 
 
 def is_done(out_dir: str, shard: Shard) -> bool:
